@@ -1,0 +1,107 @@
+//! What `resnet-edge info` reports about a model: shapes, size, cost, and the optimised plan.
+
+use std::collections::BTreeMap;
+
+use tract_core::internal::*;
+use tract_core::ops::cnn::Conv;
+use tract_core::ops::einsum::EinSum;
+use tract_core::ops::konst::Const;
+use tract_core::ops::source::TypedSource;
+
+use crate::model::{LoadedModel, SourceKind};
+use crate::plan::Plan;
+use crate::preprocess::Layout;
+use crate::Result;
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ModelInfo {
+    pub model: String,
+    pub source: SourceKind,
+    pub arch: Option<String>,
+    pub layout: Layout,
+    pub batch: usize,
+    pub input_shape: Vec<usize>,
+    pub output_shape: Vec<usize>,
+    /// Weight values in the BN-folded graph (folding turns each BN into one bias per channel).
+    pub parameters: usize,
+    /// Multiply-accumulates of the convolutions and matmuls, for one image.
+    pub macs_per_image: u64,
+    /// Op name -> count in the optimised plan tract will run.
+    pub ops: BTreeMap<String, usize>,
+    /// Ops in the optimised plan that come from a BatchNormalization node (0 once all folded).
+    pub batchnorm_ops: usize,
+    pub batchnorm_nodes_in_source: usize,
+    pub batchnorm_folded: usize,
+}
+
+impl ModelInfo {
+    pub fn new(loaded: &LoadedModel, plan: &Plan) -> Result<ModelInfo> {
+        let model = &loaded.model;
+        let batch = loaded.input_shape.first().copied().unwrap_or(1).max(1);
+        let mut parameters = 0;
+        let mut macs = 0u64;
+        for node in model.nodes() {
+            if let Some(k) = node.op_as::<Const>() {
+                if k.val().datum_type().is_float() && k.val().len() > 1 {
+                    parameters += k.val().len();
+                }
+            }
+            macs += node_macs(model, node).unwrap_or(0);
+        }
+        let optimized = plan.model();
+        let mut ops = BTreeMap::new();
+        for node in optimized.nodes() {
+            *ops.entry(node.op.name().to_string()).or_insert(0) += 1;
+        }
+        let batchnorm_ops = optimized
+            .nodes()
+            .iter()
+            .filter(|n| n.op_as::<Const>().is_none() && n.op_as::<TypedSource>().is_none())
+            .filter(|n| {
+                loaded.batchnorm_nodes.iter().any(|bn| {
+                    n.name == *bn || n.name.strip_prefix(bn.as_str()).is_some_and(|r| r.starts_with('.'))
+                })
+            })
+            .count();
+        let output_shape = optimized
+            .output_fact(0)
+            .ok()
+            .and_then(|f| f.shape.as_concrete().map(|s| s.to_vec()))
+            .unwrap_or_default();
+        Ok(ModelInfo {
+            model: loaded.path.display().to_string(),
+            source: loaded.kind,
+            arch: loaded.arch.as_ref().map(|a| a.arch_name()),
+            layout: loaded.layout,
+            batch,
+            input_shape: loaded.input_shape.clone(),
+            output_shape,
+            parameters,
+            macs_per_image: macs / batch as u64,
+            ops,
+            batchnorm_ops,
+            batchnorm_nodes_in_source: loaded.batchnorm_nodes.len(),
+            batchnorm_folded: loaded.batchnorm_folded,
+        })
+    }
+}
+
+/// MACs of a conv (output elements x kernel taps per output) or an einsum (product of all axis
+/// sizes); other ops count as free.
+fn node_macs(model: &TypedModel, node: &TypedNode) -> Option<u64> {
+    let facts = model.node_input_facts(node.id).ok()?;
+    if let Some(conv) = node.op_as::<Conv>() {
+        let out = model.outlet_fact(OutletId::new(node.id, 0)).ok()?.shape.as_concrete()?.iter().product::<usize>();
+        let kernel = facts.get(1)?.shape.as_concrete()?.iter().product::<usize>();
+        return Some((out * kernel / conv.output_channels().max(1)) as u64);
+    }
+    if let Some(einsum) = node.op_as::<EinSum>() {
+        let mut product = 1u64;
+        for axis in einsum.axes.iter_all_axes() {
+            let (input, pos) = axis.inputs.iter().enumerate().find_map(|(i, p)| p.first().map(|&p| (i, p)))?;
+            product *= facts.get(input)?.shape[pos].to_usize().ok()? as u64;
+        }
+        return Some(product);
+    }
+    None
+}

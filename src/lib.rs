@@ -1,0 +1,20 @@
+//! resnet-edge: ResNet image classifiers on small ARM computers, on tract.
+//!
+//! The data path, one module each: an image or frame becomes a tensor ([`preprocess`]), runs
+//! through an optimised tract plan ([`plan`]) built from one of the model sources ([`model`],
+//! rewritten by [`transform`]), and is reduced to the best classes ([`topk`], named by
+//! [`labels`]). [`classifier`] ties them together; [`info`] describes a model.
+
+pub mod classifier;
+pub mod error;
+pub mod info;
+pub mod labels;
+pub mod manifest;
+pub mod model;
+pub mod npy;
+pub mod plan;
+pub mod preprocess;
+pub mod topk;
+pub mod transform;
+
+pub use error::{Error, Result};

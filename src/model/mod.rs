@@ -1,0 +1,120 @@
+//! Model sources: ONNX files and PyTorch/timm `state_dict` weights, each turned into a tract
+//! `TypedModel` with a concrete input shape, BatchNorm already folded away.
+
+pub mod onnx;
+pub mod resnet;
+pub mod state_dict;
+
+use std::path::{Path, PathBuf};
+
+use tract_core::prelude::*;
+
+use crate::preprocess::Layout;
+use crate::{Error, Result};
+use resnet::ResNetConfig;
+use state_dict::StateDict;
+
+/// The file formats a model can come in, chosen by extension.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SourceKind {
+    Onnx,
+    Safetensors,
+    Pth,
+}
+
+impl SourceKind {
+    pub fn of(path: &Path) -> Result<SourceKind> {
+        let ext = path.extension().and_then(|e| e.to_str()).map(|e| e.to_ascii_lowercase());
+        match ext.as_deref() {
+            Some("onnx") => Ok(SourceKind::Onnx),
+            Some("safetensors") => Ok(SourceKind::Safetensors),
+            Some("pth" | "pt" | "bin") => Ok(SourceKind::Pth),
+            _ => Err(Error::file(
+                path,
+                "unknown model format: expected a .onnx, .safetensors or .pth file",
+            )),
+        }
+    }
+}
+
+/// How to load a model (ort-style: plain data, every field has a sensible default).
+#[derive(Clone, Debug)]
+pub struct LoadOptions {
+    /// Images per run; the input's batch dimension is fixed to it.
+    pub batch: usize,
+    /// Override the architecture detected from `state_dict` keys (`resnet50`).
+    pub arch: Option<String>,
+    /// Fold ONNX BatchNormalization nodes into convs (off only to measure tract without it).
+    pub fold_batchnorm: bool,
+    /// Spatial input size when the source does not fix it (state_dict weights, dynamic ONNX).
+    pub image_size: usize,
+}
+
+impl Default for LoadOptions {
+    fn default() -> Self {
+        LoadOptions { batch: 1, arch: None, fold_batchnorm: true, image_size: 224 }
+    }
+}
+
+/// A model ready for optimisation: decluttered graph plus what the rest of the runtime needs.
+#[derive(Debug, Clone)]
+pub struct LoadedModel {
+    pub path: PathBuf,
+    pub kind: SourceKind,
+    pub model: TypedModel,
+    /// Input tensor layout, read off the input shape (channels of 1 or 3 in axis 1 or 3).
+    pub layout: Layout,
+    pub input_shape: Vec<usize>,
+    /// The ResNet architecture, for `state_dict` sources.
+    pub arch: Option<ResNetConfig>,
+    /// Names of BatchNormalization nodes in the source, to count ops derived from them.
+    pub batchnorm_nodes: Vec<String>,
+    /// How many of those the project folded into convs.
+    pub batchnorm_folded: usize,
+}
+
+/// Load `path` (by extension) into a decluttered tract graph.
+pub fn load(path: &Path, options: &LoadOptions) -> Result<LoadedModel> {
+    if options.batch == 0 {
+        return Err(Error::usage("--batch must be at least 1"));
+    }
+    if !path.is_file() {
+        return Err(Error::file(path, "no such model file"));
+    }
+    match SourceKind::of(path)? {
+        SourceKind::Onnx => onnx::load(path, options),
+        kind => load_state_dict(path, kind, options),
+    }
+}
+
+fn load_state_dict(path: &Path, kind: SourceKind, options: &LoadOptions) -> Result<LoadedModel> {
+    let weights = StateDict::open(path)?;
+    let detected = ResNetConfig::detect(&weights)?;
+    let config = match &options.arch {
+        Some(arch) => ResNetConfig::from_arch(arch, detected.num_classes)?,
+        None => detected,
+    };
+    let size = options.image_size;
+    let model = resnet::build(&weights, &config, options.batch, size, size)?;
+    let input_shape = input_shape(&model, path)?;
+    Ok(LoadedModel {
+        path: path.to_path_buf(),
+        kind,
+        model,
+        layout: Layout::Nchw,
+        input_shape,
+        arch: Some(config),
+        batchnorm_nodes: vec![],
+        batchnorm_folded: 0,
+    })
+}
+
+/// The concrete shape of the model's single input.
+pub(crate) fn input_shape(model: &TypedModel, path: &Path) -> Result<Vec<usize>> {
+    let fact = model.input_fact(0).map_err(|e| Error::tract(path.display(), e))?;
+    fact.shape
+        .as_concrete()
+        .map(|s| s.to_vec())
+        .ok_or_else(|| Error::file(path, format!("input shape {:?} is not concrete", fact.shape)))
+}

@@ -1,0 +1,143 @@
+//! ONNX through tract-onnx: torchvision/timm exports (legacy or dynamo, external data included)
+//! and any other image classifier with one NCHW or NHWC image input.
+
+use std::path::Path;
+
+use tract_onnx::prelude::*;
+use tract_onnx::tract_hir::infer::Factoid;
+use tract_onnx::tract_core::internal::DimLike;
+
+use super::{LoadOptions, LoadedModel, SourceKind};
+use crate::preprocess::Layout;
+use crate::transform::{fold_batchnorm, fold_batchnorm::node_label};
+use crate::{Error, Result};
+
+/// Parse, fold BatchNorm (see [`crate::transform::fold_batchnorm`]), fix the input shape to
+/// `options.batch` images and declutter.
+pub fn load(path: &Path, options: &LoadOptions) -> Result<LoadedModel> {
+    // Declared intermediate and output shapes name a symbolic batch ("batch") that would clash
+    // with the concrete batch we set; tract infers them all from the input anyway.
+    let onnx = tract_onnx::onnx().with_ignore_value_info(true).with_ignore_output_shapes(true);
+    let mut proto = onnx
+        .proto_model_for_path(path)
+        .map_err(|e| Error::file(path, format!("not a readable ONNX model ({e:#})")))?;
+    // External-data files are resolved (by tract, confined to it) relative to this folder.
+    let dir = path.parent().and_then(|d| d.to_str()).map(|d| if d.is_empty() { "." } else { d });
+    let graph = proto.graph.as_mut().ok_or_else(|| Error::file(path, "ONNX file has no graph"))?;
+    let batchnorm_nodes: Vec<String> = graph
+        .node
+        .iter()
+        .filter(|n| n.op_type == "BatchNormalization")
+        .map(node_label)
+        .collect();
+    let batchnorm_folded = if options.fold_batchnorm {
+        fold_batchnorm(graph, &*onnx.provider, dir)
+            .map_err(|e| Error::file(path, format!("folding BatchNormalization: {e:#}")))?
+            .folded
+    } else {
+        0
+    };
+    let parsed = onnx.parse(&proto, dir).map_err(|e| Error::file(path, format!("{e:#}")))?;
+    if !parsed.unresolved_inputs.is_empty() {
+        return Err(Error::file(
+            path,
+            format!("unresolved graph inputs {:?}", parsed.unresolved_inputs),
+        ));
+    }
+    let mut model = parsed.model;
+    if model.inputs.len() != 1 {
+        return Err(Error::file(
+            path,
+            format!("expected one image input, the model has {}", model.inputs.len()),
+        ));
+    }
+    let declared = declared_shape(&model, path)?;
+    let (layout, shape) = image_input_shape(&declared, options)
+        .map_err(|problem| Error::file(path, problem))?;
+    model
+        .set_input_fact(0, f32::fact(&shape).into())
+        .map_err(|e| Error::file(path, format!("{e:#}")))?;
+    let model = model
+        .into_typed()
+        .and_then(|mut m| m.declutter().map(|_| m))
+        .map_err(|e| Error::file(path, format!("cannot run with input {shape:?}: {e:#}")))?;
+    Ok(LoadedModel {
+        path: path.to_path_buf(),
+        kind: SourceKind::Onnx,
+        model,
+        layout,
+        input_shape: shape,
+        arch: None,
+        batchnorm_nodes,
+        batchnorm_folded,
+    })
+}
+
+/// The input shape as the file declares it: `None` for symbolic or unknown dimensions.
+fn declared_shape(model: &InferenceModel, path: &Path) -> Result<Vec<Option<usize>>> {
+    let fact = model.input_fact(0).map_err(|e| Error::file(path, format!("{e:#}")))?;
+    let Some(rank) = fact.shape.rank().concretize() else {
+        return Ok(vec![None; 4]);
+    };
+    Ok((0..rank.max(0) as usize)
+        .map(|ix| fact.shape.dim(ix).and_then(|d| d.concretize()).and_then(|d| d.to_usize().ok()))
+        .collect())
+}
+
+/// Pick NCHW or NHWC from where the 1 or 3 channels sit, and fill in batch and unknown sizes.
+fn image_input_shape(
+    declared: &[Option<usize>],
+    options: &LoadOptions,
+) -> std::result::Result<(Layout, Vec<usize>), String> {
+    let &[n, a, b, c] = declared else {
+        return Err(format!("input has rank {}, expected an image batch of rank 4", declared.len()));
+    };
+    let is_channels = |d: Option<usize>| matches!(d, Some(1 | 3));
+    let (layout, channels, h, w) = if is_channels(a) {
+        (Layout::Nchw, a, b, c)
+    } else if is_channels(c) {
+        (Layout::Nhwc, c, a, b)
+    } else {
+        return Err(format!(
+            "input shape {declared:?} is not an image batch: expected [N, 3, H, W] or [N, H, W, 3]"
+        ));
+    };
+    if let Some(fixed) = n {
+        if fixed != options.batch {
+            return Err(format!(
+                "the model fixes its batch to {fixed}; re-export it with a dynamic batch axis to run {} images at once",
+                options.batch
+            ));
+        }
+    }
+    let channels = channels.unwrap_or(3);
+    let (h, w) = (h.unwrap_or(options.image_size), w.unwrap_or(options.image_size));
+    let shape = match layout {
+        Layout::Nchw => vec![options.batch, channels, h, w],
+        Layout::Nhwc => vec![options.batch, h, w, channels],
+    };
+    Ok((layout, shape))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn picks_layout_from_channel_position() {
+        let opts = LoadOptions { batch: 2, ..LoadOptions::default() };
+        let (l, s) = image_input_shape(&[None, Some(3), None, None], &opts).unwrap();
+        assert_eq!((l, s), (Layout::Nchw, vec![2, 3, 224, 224]));
+        let (l, s) = image_input_shape(&[None, Some(224), Some(224), Some(3)], &opts).unwrap();
+        assert_eq!((l, s), (Layout::Nhwc, vec![2, 224, 224, 3]));
+    }
+
+    #[test]
+    fn rejects_non_images_and_fixed_batch_mismatch() {
+        let opts = LoadOptions { batch: 4, ..LoadOptions::default() };
+        assert!(image_input_shape(&[None, Some(10)], &opts).is_err());
+        assert!(image_input_shape(&[None, Some(7), Some(7), Some(7)], &opts).is_err());
+        let err = image_input_shape(&[Some(1), Some(3), Some(224), Some(224)], &opts).unwrap_err();
+        assert!(err.contains("fixes its batch to 1"), "{err}");
+    }
+}

@@ -1,0 +1,5 @@
+//! Graph transforms applied before tract optimises a model.
+
+pub mod fold_batchnorm;
+
+pub use fold_batchnorm::{fold_batchnorm, BatchNormParams, FoldReport};
