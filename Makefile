@@ -17,9 +17,11 @@ $(PY):
 models: $(PY)
 	PYTHON=$(PY) bash models/fetch_models.sh models/real
 
+PHOTOS := $(wildcard models/photos/*.png models/photos/*.jpg)
+
 demo: models
-	cargo run --quiet -- classify models/real/opennsfw.onnx models/photos/*
-	cargo run --quiet -- classify models/real/efficientnet_lite0.onnx models/photos/* --top-k 3
+	cargo run --quiet -- classify models/real/efficientnet_lite0.onnx $(PHOTOS) --top-k 3
+	cargo run --quiet -- classify models/real/opennsfw.onnx $(PHOTOS)
 
 check:
 	cargo fmt --all -- --check

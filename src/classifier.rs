@@ -28,7 +28,15 @@ pub struct PreprocessOverrides {
 
 impl PreprocessOverrides {
     fn apply(&self, p: &mut Preprocess) {
-        let Self { resize, resize_mode, crop, scale, mean, std, channels } = self.clone();
+        let Self {
+            resize,
+            resize_mode,
+            crop,
+            scale,
+            mean,
+            std,
+            channels,
+        } = self.clone();
         p.resize = resize.unwrap_or(p.resize);
         p.resize_mode = resize_mode.unwrap_or(p.resize_mode);
         p.crop = crop.unwrap_or(p.crop);
@@ -72,11 +80,16 @@ pub struct Classifier {
 impl Classifier {
     pub fn open(path: &Path, options: &ClassifierOptions) -> Result<Classifier> {
         let manifest = Manifest::beside(path)?;
-        let mut preprocess =
-            manifest.as_ref().and_then(|m| m.preprocess.clone()).unwrap_or_default();
+        let mut preprocess = manifest
+            .as_ref()
+            .and_then(|m| m.preprocess.clone())
+            .unwrap_or_default();
         options.preprocess.apply(&mut preprocess);
         preprocess.validate()?;
-        let load = LoadOptions { image_size: preprocess.crop as usize, ..options.load.clone() };
+        let load = LoadOptions {
+            image_size: preprocess.crop as usize,
+            ..options.load.clone()
+        };
         let loaded = model::load(path, &load)?;
         // The model decides its own layout; the crop must give the size it was built for.
         preprocess.layout = loaded.layout;
@@ -93,7 +106,10 @@ impl Classifier {
                 ),
             ));
         }
-        let labels = match (&options.labels, manifest.as_ref().and_then(|m| m.model.labels.as_ref())) {
+        let labels = match (
+            &options.labels,
+            manifest.as_ref().and_then(|m| m.model.labels.as_ref()),
+        ) {
             (Some(spec), _) => Labels::load(spec, None)?,
             (None, Some(spec)) => Labels::load(spec, manifest.as_ref().and_then(Manifest::dir))?,
             (None, None) => Labels::imagenet1k(),
@@ -103,12 +119,21 @@ impl Classifier {
             .or(manifest.as_ref().map(|m| m.model.output))
             .unwrap_or_default();
         let plan = Plan::new(&loaded, options.threads)?;
-        Ok(Classifier { loaded, plan, preprocess, labels, output, manifest })
+        Ok(Classifier {
+            loaded,
+            plan,
+            preprocess,
+            labels,
+            output,
+            manifest,
+        })
     }
 
     /// Classify any number of images, `plan.batch()` at a time (a short last batch is padded).
     pub fn classify(&self, images: &[RgbImage], k: usize) -> Result<Vec<Prediction>> {
-        self.run_batched(images.len(), k, |ix, out| self.preprocess.apply_into(&images[ix], out))
+        self.run_batched(images.len(), k, |ix, out| {
+            self.preprocess.apply_into(&images[ix], out)
+        })
     }
 
     /// Whether `t` is one preprocessed image for this model: `[1, C, H, W]` or `[C, H, W]` in
@@ -116,12 +141,18 @@ impl Classifier {
     pub fn check_preprocessed(&self, t: &Tensor) -> std::result::Result<(), String> {
         let one_image = &self.plan.input_shape()[1..];
         let shape = t.shape();
-        let shape =
-            if shape.len() == one_image.len() + 1 && shape[0] == 1 { &shape[1..] } else { shape };
+        let shape = if shape.len() == one_image.len() + 1 && shape[0] == 1 {
+            &shape[1..]
+        } else {
+            shape
+        };
         if shape == one_image {
             Ok(())
         } else {
-            Err(format!("tensor shape {:?} does not match one model input {one_image:?}", t.shape()))
+            Err(format!(
+                "tensor shape {:?} does not match one model input {one_image:?}",
+                t.shape()
+            ))
         }
     }
 
@@ -132,7 +163,8 @@ impl Classifier {
             self.check_preprocessed(t).map_err(Error::usage)?;
         }
         self.run_batched(inputs.len(), k, |ix, out| {
-            let values = crate::plan::f32_slice(&inputs[ix]).map_err(|e| Error::tract("reading input", e))?;
+            let values = crate::plan::f32_slice(&inputs[ix])
+                .map_err(|e| Error::tract("reading input", e))?;
             out.copy_from_slice(values);
             Ok(())
         })
@@ -168,6 +200,9 @@ impl Classifier {
             OutputKind::Logits => softmax(&raw),
             OutputKind::Probabilities => raw.clone(),
         };
-        Prediction { top: top_k(&probabilities, k), raw }
+        Prediction {
+            top: top_k(&probabilities, k),
+            raw,
+        }
     }
 }

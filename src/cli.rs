@@ -14,7 +14,11 @@ use resnet_edge::preprocess::{load_image, ChannelOrder, ResizeMode};
 use resnet_edge::{npy, Error, Result};
 
 #[derive(Parser, Debug)]
-#[command(name = "resnet-edge", version, about = "ResNet image classification on small ARM computers")]
+#[command(
+    name = "resnet-edge",
+    version,
+    about = "ResNet image classification on small ARM computers"
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
@@ -110,7 +114,8 @@ fn parse_triplet(s: &str) -> std::result::Result<[f32; 3], String> {
         .split(',')
         .map(|x| x.trim().parse::<f32>().map_err(|e| format!("{x:?}: {e}")))
         .collect::<std::result::Result<_, _>>()?;
-    v.try_into().map_err(|v: Vec<f32>| format!("expected 3 comma-separated values, got {}", v.len()))
+    v.try_into()
+        .map_err(|v: Vec<f32>| format!("expected 3 comma-separated values, got {}", v.len()))
 }
 
 impl ModelArgs {
@@ -162,7 +167,14 @@ fn info(args: InfoArgs) -> Result<()> {
         Format::Json => println!("{}", to_json(&info)?),
         Format::Text => {
             println!("model           {}", info.model);
-            println!("source          {:?}{}", info.source, info.arch.as_ref().map(|a| format!(" ({a})")).unwrap_or_default());
+            println!(
+                "source          {:?}{}",
+                info.source,
+                info.arch
+                    .as_ref()
+                    .map(|a| format!(" ({a})"))
+                    .unwrap_or_default()
+            );
             println!("input           {:?} {:?}", info.input_shape, info.layout);
             println!("output          {:?}", info.output_shape);
             println!("parameters      {}", info.parameters);
@@ -185,9 +197,14 @@ fn classify(args: ClassifyArgs) -> Result<()> {
         return Err(Error::usage("--top-k must be at least 1"));
     }
     let classifier = Classifier::open(&args.model.model, &args.model.options(args.threads))?;
-    let (tensors, images): (Vec<&PathBuf>, Vec<&PathBuf>) =
-        args.images.iter().partition(|p| p.extension().is_some_and(|e| e == "npy"));
-    let decoded = images.iter().map(|p| load_image(p)).collect::<Result<Vec<_>>>()?;
+    let (tensors, images): (Vec<&PathBuf>, Vec<&PathBuf>) = args
+        .images
+        .iter()
+        .partition(|p| p.extension().is_some_and(|e| e == "npy"));
+    let decoded = images
+        .iter()
+        .map(|p| load_image(p))
+        .collect::<Result<Vec<_>>>()?;
     let mut results: Vec<(&Path, Prediction)> = images
         .iter()
         .map(|p| p.as_path())
@@ -198,10 +215,15 @@ fn classify(args: ClassifyArgs) -> Result<()> {
         .map(|p| npy::read_f32(p))
         .collect::<Result<Vec<_>>>()?;
     for (path, t) in tensors.iter().zip(&arrays) {
-        classifier.check_preprocessed(t).map_err(|problem| Error::file(path, problem))?;
+        classifier
+            .check_preprocessed(t)
+            .map_err(|problem| Error::file(path, problem))?;
     }
     results.extend(
-        tensors.iter().map(|p| p.as_path()).zip(classifier.classify_preprocessed(&arrays, args.top_k)?),
+        tensors
+            .iter()
+            .map(|p| p.as_path())
+            .zip(classifier.classify_preprocessed(&arrays, args.top_k)?),
     );
     // Keep the order the user gave.
     results.sort_by_key(|(p, _)| args.images.iter().position(|q| q == p));
@@ -228,7 +250,12 @@ fn classify(args: ClassifyArgs) -> Result<()> {
             for (path, p) in &results {
                 println!("{}", path.display());
                 for (rank, &(class, score)) in p.top.iter().enumerate() {
-                    println!("  {}. {:>5.3}  {class:>4}  {}", rank + 1, score, classifier.labels.name(class));
+                    println!(
+                        "  {}. {:>5.3}  {class:>4}  {}",
+                        rank + 1,
+                        score,
+                        classifier.labels.name(class)
+                    );
                 }
                 if args.logits {
                     println!("  logits: {:?}", p.raw);

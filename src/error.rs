@@ -21,7 +21,10 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 impl Error {
     pub fn file(path: impl AsRef<Path>, problem: impl Display) -> Self {
-        Error::File { path: path.as_ref().to_path_buf(), problem: problem.to_string() }
+        Error::File {
+            path: path.as_ref().to_path_buf(),
+            problem: problem.to_string(),
+        }
     }
 
     pub fn usage(problem: impl Display) -> Self {
@@ -30,7 +33,10 @@ impl Error {
 
     /// Wrap a tract (anyhow) error, keeping its whole cause chain on one line.
     pub fn tract(context: impl Display, err: impl Into<anyhow::Error>) -> Self {
-        Error::Tract { context: context.to_string(), problem: format!("{:#}", err.into()) }
+        Error::Tract {
+            context: context.to_string(),
+            problem: format!("{:#}", err.into()),
+        }
     }
 }
 

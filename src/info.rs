@@ -59,7 +59,10 @@ impl ModelInfo {
             .filter(|n| n.op_as::<Const>().is_none() && n.op_as::<TypedSource>().is_none())
             .filter(|n| {
                 loaded.batchnorm_nodes.iter().any(|bn| {
-                    n.name == *bn || n.name.strip_prefix(bn.as_str()).is_some_and(|r| r.starts_with('.'))
+                    n.name == *bn
+                        || n.name
+                            .strip_prefix(bn.as_str())
+                            .is_some_and(|r| r.starts_with('.'))
                 })
             })
             .count();
@@ -91,14 +94,24 @@ impl ModelInfo {
 fn node_macs(model: &TypedModel, node: &TypedNode) -> Option<u64> {
     let facts = model.node_input_facts(node.id).ok()?;
     if let Some(conv) = node.op_as::<Conv>() {
-        let out = model.outlet_fact(OutletId::new(node.id, 0)).ok()?.shape.as_concrete()?.iter().product::<usize>();
+        let out = model
+            .outlet_fact(OutletId::new(node.id, 0))
+            .ok()?
+            .shape
+            .as_concrete()?
+            .iter()
+            .product::<usize>();
         let kernel = facts.get(1)?.shape.as_concrete()?.iter().product::<usize>();
         return Some((out * kernel / conv.output_channels().max(1)) as u64);
     }
     if let Some(einsum) = node.op_as::<EinSum>() {
         let mut product = 1u64;
         for axis in einsum.axes.iter_all_axes() {
-            let (input, pos) = axis.inputs.iter().enumerate().find_map(|(i, p)| p.first().map(|&p| (i, p)))?;
+            let (input, pos) = axis
+                .inputs
+                .iter()
+                .enumerate()
+                .find_map(|(i, p)| p.first().map(|&p| (i, p)))?;
             product *= facts.get(input)?.shape[pos].to_usize().ok()? as u64;
         }
         return Some(product);

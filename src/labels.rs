@@ -44,7 +44,10 @@ impl Labels {
 
     /// The name of `class`, or `class N` when the list is shorter than the model's output.
     pub fn name(&self, class: usize) -> String {
-        self.0.get(class).cloned().unwrap_or_else(|| format!("class {class}"))
+        self.0
+            .get(class)
+            .cloned()
+            .unwrap_or_else(|| format!("class {class}"))
     }
 }
 

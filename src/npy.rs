@@ -19,9 +19,10 @@ pub fn read_f32(path: &Path) -> Result<Tensor> {
     }
     let (header_len, start) = match bytes[6] {
         1 => (u16::from_le_bytes([bytes[8], bytes[9]]) as usize, 10usize),
-        2 | 3 if bytes.len() >= 12 => {
-            (u32::from_le_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]) as usize, 12)
-        }
+        2 | 3 if bytes.len() >= 12 => (
+            u32::from_le_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]) as usize,
+            12,
+        ),
         _ => return Err(bad("unknown version")),
     };
     let header = bytes
@@ -47,11 +48,19 @@ pub fn read_f32(path: &Path) -> Result<Tensor> {
         .map(|s| s.parse::<usize>().map_err(|_| bad("bad shape")))
         .collect::<Result<Vec<usize>>>()?;
     let data = &bytes[start + header_len..];
-    let count = shape.iter().try_fold(1usize, |acc, &d| acc.checked_mul(d)).ok_or_else(|| bad("shape overflows"))?;
+    let count = shape
+        .iter()
+        .try_fold(1usize, |acc, &d| acc.checked_mul(d))
+        .ok_or_else(|| bad("shape overflows"))?;
     if count.checked_mul(4) != Some(data.len()) {
-        return Err(bad(&format!("shape {shape:?} needs {count} values, the file holds {} bytes", data.len())));
+        return Err(bad(&format!(
+            "shape {shape:?} needs {count} values, the file holds {} bytes",
+            data.len()
+        )));
     }
-    let values: Vec<f32> =
-        data.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
+    let values: Vec<f32> = data
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect();
     Tensor::from_shape(&shape, &values).map_err(|e| Error::file(path, e))
 }

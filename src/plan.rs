@@ -12,7 +12,9 @@ use crate::{Error, Result};
 /// Resolve a `--threads` value: 0 means every core the OS gives us.
 pub fn resolve_threads(threads: usize) -> usize {
     if threads == 0 {
-        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1)
     } else {
         threads
     }
@@ -37,15 +39,33 @@ impl Plan {
     /// Optimise (tract picks kernels for this CPU here) and build the runnable plan.
     pub fn new(loaded: &LoadedModel, threads: usize) -> Result<Plan> {
         let context = format!("{}: optimising", loaded.path.display());
-        let optimized = loaded.model.clone().into_optimized().map_err(|e| Error::tract(&context, e))?;
-        let options = RunOptions { executor: Some(executor(threads)), ..RunOptions::default() };
-        let runnable =
-            optimized.into_runnable_with_options(&options).map_err(|e| Error::tract(&context, e))?;
-        Ok(Plan { runnable, input_shape: loaded.input_shape.clone(), threads: resolve_threads(threads) })
+        let optimized = loaded
+            .model
+            .clone()
+            .into_optimized()
+            .map_err(|e| Error::tract(&context, e))?;
+        let options = RunOptions {
+            executor: Some(executor(threads)),
+            ..RunOptions::default()
+        };
+        let runnable = optimized
+            .into_runnable_with_options(&options)
+            .map_err(|e| Error::tract(&context, e))?;
+        Ok(Plan {
+            runnable,
+            input_shape: loaded.input_shape.clone(),
+            threads: resolve_threads(threads),
+        })
     }
 
     pub fn model(&self) -> &TypedModel {
         self.runnable.model()
+    }
+
+    /// The runnable plan itself, for callers that keep a state across runs or time each node
+    /// (`bench`, `profile`); it carries the thread executor chosen here.
+    pub fn runnable(&self) -> &Arc<TypedRunnableModel> {
+        &self.runnable
     }
 
     pub fn input_shape(&self) -> &[usize] {
@@ -70,7 +90,10 @@ impl Plan {
                 self.input_shape
             )));
         }
-        let outputs = self.runnable.run(tvec!(input.into())).map_err(|e| Error::tract("inference", e))?;
+        let outputs = self
+            .runnable
+            .run(tvec!(input.into()))
+            .map_err(|e| Error::tract("inference", e))?;
         let output = outputs
             .first()
             .ok_or_else(|| Error::usage("the model produced no output"))?
@@ -79,7 +102,10 @@ impl Plan {
         let values = f32_slice(&output).map_err(|e| Error::tract("reading the output", e))?;
         let batch = self.batch();
         let per_image = values.len() / batch.max(1);
-        Ok(values.chunks(per_image.max(1)).map(<[f32]>::to_vec).collect())
+        Ok(values
+            .chunks(per_image.max(1))
+            .map(<[f32]>::to_vec)
+            .collect())
     }
 }
 

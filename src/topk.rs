@@ -31,7 +31,10 @@ mod tests {
 
     #[test]
     fn top_k_orders_by_score_then_class() {
-        assert_eq!(top_k(&[0.1, 0.5, 0.5, 0.2], 3), vec![(1, 0.5), (2, 0.5), (3, 0.2)]);
+        assert_eq!(
+            top_k(&[0.1, 0.5, 0.5, 0.2], 3),
+            vec![(1, 0.5), (2, 0.5), (3, 0.2)]
+        );
         assert_eq!(top_k(&[0.1], 5), vec![(0, 0.1)]);
     }
 }

@@ -9,7 +9,10 @@ fn model_path(depth: usize, form: &str) -> String {
 }
 
 fn input_paths() -> Vec<String> {
-    photos().iter().map(|p| format!("models/fixtures/inputs/{}.npy", stem(p))).collect()
+    photos()
+        .iter()
+        .map(|p| format!("models/fixtures/inputs/{}.npy", stem(p)))
+        .collect()
 }
 
 /// One model file, all preprocessed photos in one run, each row within 1e-4 relative.
@@ -50,16 +53,30 @@ fn batch4_matches_pytorch_batch_and_batch1_runs() {
         let reference = read_json(&fixtures().join(format!("resnet{depth}/logits.json")));
         for form in FORMS {
             let model = model_path(depth, form);
-            let mut args = vec!["classify", model.as_str(), "--batch", "4", "--logits", "--format", "json"];
+            let mut args = vec![
+                "classify",
+                model.as_str(),
+                "--batch",
+                "4",
+                "--logits",
+                "--format",
+                "json",
+            ];
             args.extend(inputs.iter().map(String::as_str));
             let batched = run_json(&args);
             for (i, input) in inputs.iter().enumerate() {
                 let single = run_json(&["classify", &model, input, "--logits", "--format", "json"]);
                 let b = floats(&batched[i]["logits"]);
                 let s = floats(&single[0]["logits"]);
-                assert!(rel_diff(&b, &s) < 1e-5, "{model}: batch-4 row {i} vs batch-1 run");
+                assert!(
+                    rel_diff(&b, &s) < 1e-5,
+                    "{model}: batch-4 row {i} vs batch-1 run"
+                );
                 let want = floats(&reference["batch4"][i]);
-                assert!(rel_diff(&b, &want) < 1e-4, "{model}: batch-4 row {i} vs PyTorch batch 4");
+                assert!(
+                    rel_diff(&b, &want) < 1e-4,
+                    "{model}: batch-4 row {i} vs PyTorch batch 4"
+                );
             }
         }
     }
@@ -81,7 +98,15 @@ fn no_batchnorm_ops_left_at_batch_1_and_4() {
 /// The counter can fail: without the project's folding, tract leaves BN ops at batch 4.
 #[test]
 fn batchnorm_counter_sees_unfolded_bn() {
-    let info = run_json(&["info", &model_path(50, "bn.onnx"), "--batch", "4", "--no-fold-batchnorm", "--format", "json"]);
+    let info = run_json(&[
+        "info",
+        &model_path(50, "bn.onnx"),
+        "--batch",
+        "4",
+        "--no-fold-batchnorm",
+        "--format",
+        "json",
+    ]);
     assert!(info["batchnorm_ops"].as_u64().unwrap() > 0, "{info}");
 }
 
@@ -102,7 +127,13 @@ fn end_to_end_image_files_correlate_with_pytorch() {
         for form in ["legacy.onnx", "model.safetensors"] {
             let model = model_path(depth, form);
             let photos = photos();
-            let mut args = vec!["classify".to_string(), model.clone(), "--logits".into(), "--format".into(), "json".into()];
+            let mut args = vec![
+                "classify".to_string(),
+                model.clone(),
+                "--logits".into(),
+                "--format".into(),
+                "json".into(),
+            ];
             args.extend(photos.iter().map(|p| p.display().to_string()));
             let args: Vec<&str> = args.iter().map(String::as_str).collect();
             let rows = run_json(&args);

@@ -25,7 +25,10 @@ pub enum SourceKind {
 
 impl SourceKind {
     pub fn of(path: &Path) -> Result<SourceKind> {
-        let ext = path.extension().and_then(|e| e.to_str()).map(|e| e.to_ascii_lowercase());
+        let ext = path
+            .extension()
+            .and_then(|e| e.to_str())
+            .map(|e| e.to_ascii_lowercase());
         match ext.as_deref() {
             Some("onnx") => Ok(SourceKind::Onnx),
             Some("safetensors") => Ok(SourceKind::Safetensors),
@@ -53,7 +56,12 @@ pub struct LoadOptions {
 
 impl Default for LoadOptions {
     fn default() -> Self {
-        LoadOptions { batch: 1, arch: None, fold_batchnorm: true, image_size: 224 }
+        LoadOptions {
+            batch: 1,
+            arch: None,
+            fold_batchnorm: true,
+            image_size: 224,
+        }
     }
 }
 
@@ -112,9 +120,13 @@ fn load_state_dict(path: &Path, kind: SourceKind, options: &LoadOptions) -> Resu
 
 /// The concrete shape of the model's single input.
 pub(crate) fn input_shape(model: &TypedModel, path: &Path) -> Result<Vec<usize>> {
-    let fact = model.input_fact(0).map_err(|e| Error::tract(path.display(), e))?;
-    fact.shape
-        .as_concrete()
-        .map(|s| s.to_vec())
-        .ok_or_else(|| Error::file(path, format!("input shape {:?} is not concrete", fact.shape)))
+    let fact = model
+        .input_fact(0)
+        .map_err(|e| Error::tract(path.display(), e))?;
+    fact.shape.as_concrete().map(|s| s.to_vec()).ok_or_else(|| {
+        Error::file(
+            path,
+            format!("input shape {:?} is not concrete", fact.shape),
+        )
+    })
 }

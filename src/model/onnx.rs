@@ -4,8 +4,8 @@
 use std::path::Path;
 
 use tract_onnx::prelude::*;
-use tract_onnx::tract_hir::infer::Factoid;
 use tract_onnx::tract_core::internal::DimLike;
+use tract_onnx::tract_hir::infer::Factoid;
 
 use super::{LoadOptions, LoadedModel, SourceKind};
 use crate::preprocess::Layout;
@@ -17,13 +17,21 @@ use crate::{Error, Result};
 pub fn load(path: &Path, options: &LoadOptions) -> Result<LoadedModel> {
     // Declared intermediate and output shapes name a symbolic batch ("batch") that would clash
     // with the concrete batch we set; tract infers them all from the input anyway.
-    let onnx = tract_onnx::onnx().with_ignore_value_info(true).with_ignore_output_shapes(true);
+    let onnx = tract_onnx::onnx()
+        .with_ignore_value_info(true)
+        .with_ignore_output_shapes(true);
     let mut proto = onnx
         .proto_model_for_path(path)
         .map_err(|e| Error::file(path, format!("not a readable ONNX model ({e:#})")))?;
     // External-data files are resolved (by tract, confined to it) relative to this folder.
-    let dir = path.parent().and_then(|d| d.to_str()).map(|d| if d.is_empty() { "." } else { d });
-    let graph = proto.graph.as_mut().ok_or_else(|| Error::file(path, "ONNX file has no graph"))?;
+    let dir = path
+        .parent()
+        .and_then(|d| d.to_str())
+        .map(|d| if d.is_empty() { "." } else { d });
+    let graph = proto
+        .graph
+        .as_mut()
+        .ok_or_else(|| Error::file(path, "ONNX file has no graph"))?;
     let batchnorm_nodes: Vec<String> = graph
         .node
         .iter()
@@ -37,7 +45,9 @@ pub fn load(path: &Path, options: &LoadOptions) -> Result<LoadedModel> {
     } else {
         0
     };
-    let parsed = onnx.parse(&proto, dir).map_err(|e| Error::file(path, format!("{e:#}")))?;
+    let parsed = onnx
+        .parse(&proto, dir)
+        .map_err(|e| Error::file(path, format!("{e:#}")))?;
     if !parsed.unresolved_inputs.is_empty() {
         return Err(Error::file(
             path,
@@ -48,12 +58,15 @@ pub fn load(path: &Path, options: &LoadOptions) -> Result<LoadedModel> {
     if model.inputs.len() != 1 {
         return Err(Error::file(
             path,
-            format!("expected one image input, the model has {}", model.inputs.len()),
+            format!(
+                "expected one image input, the model has {}",
+                model.inputs.len()
+            ),
         ));
     }
     let declared = declared_shape(&model, path)?;
-    let (layout, shape) = image_input_shape(&declared, options)
-        .map_err(|problem| Error::file(path, problem))?;
+    let (layout, shape) =
+        image_input_shape(&declared, options).map_err(|problem| Error::file(path, problem))?;
     model
         .set_input_fact(0, f32::fact(&shape).into())
         .map_err(|e| Error::file(path, format!("{e:#}")))?;
@@ -75,12 +88,19 @@ pub fn load(path: &Path, options: &LoadOptions) -> Result<LoadedModel> {
 
 /// The input shape as the file declares it: `None` for symbolic or unknown dimensions.
 fn declared_shape(model: &InferenceModel, path: &Path) -> Result<Vec<Option<usize>>> {
-    let fact = model.input_fact(0).map_err(|e| Error::file(path, format!("{e:#}")))?;
+    let fact = model
+        .input_fact(0)
+        .map_err(|e| Error::file(path, format!("{e:#}")))?;
     let Some(rank) = fact.shape.rank().concretize() else {
         return Ok(vec![None; 4]);
     };
     Ok((0..rank.max(0) as usize)
-        .map(|ix| fact.shape.dim(ix).and_then(|d| d.concretize()).and_then(|d| d.to_usize().ok()))
+        .map(|ix| {
+            fact.shape
+                .dim(ix)
+                .and_then(|d| d.concretize())
+                .and_then(|d| d.to_usize().ok())
+        })
         .collect())
 }
 
@@ -90,7 +110,10 @@ fn image_input_shape(
     options: &LoadOptions,
 ) -> std::result::Result<(Layout, Vec<usize>), String> {
     let &[n, a, b, c] = declared else {
-        return Err(format!("input has rank {}, expected an image batch of rank 4", declared.len()));
+        return Err(format!(
+            "input has rank {}, expected an image batch of rank 4",
+            declared.len()
+        ));
     };
     let is_channels = |d: Option<usize>| matches!(d, Some(1 | 3));
     let (layout, channels, h, w) = if is_channels(a) {
@@ -111,7 +134,10 @@ fn image_input_shape(
         }
     }
     let channels = channels.unwrap_or(3);
-    let (h, w) = (h.unwrap_or(options.image_size), w.unwrap_or(options.image_size));
+    let (h, w) = (
+        h.unwrap_or(options.image_size),
+        w.unwrap_or(options.image_size),
+    );
     let shape = match layout {
         Layout::Nchw => vec![options.batch, channels, h, w],
         Layout::Nhwc => vec![options.batch, h, w, channels],
@@ -125,7 +151,10 @@ mod tests {
 
     #[test]
     fn picks_layout_from_channel_position() {
-        let opts = LoadOptions { batch: 2, ..LoadOptions::default() };
+        let opts = LoadOptions {
+            batch: 2,
+            ..LoadOptions::default()
+        };
         let (l, s) = image_input_shape(&[None, Some(3), None, None], &opts).unwrap();
         assert_eq!((l, s), (Layout::Nchw, vec![2, 3, 224, 224]));
         let (l, s) = image_input_shape(&[None, Some(224), Some(224), Some(3)], &opts).unwrap();
@@ -134,7 +163,10 @@ mod tests {
 
     #[test]
     fn rejects_non_images_and_fixed_batch_mismatch() {
-        let opts = LoadOptions { batch: 4, ..LoadOptions::default() };
+        let opts = LoadOptions {
+            batch: 4,
+            ..LoadOptions::default()
+        };
         assert!(image_input_shape(&[None, Some(10)], &opts).is_err());
         assert!(image_input_shape(&[None, Some(7), Some(7), Some(7)], &opts).is_err());
         let err = image_input_shape(&[Some(1), Some(3), Some(224), Some(224)], &opts).unwrap_err();

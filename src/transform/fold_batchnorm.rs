@@ -91,12 +91,22 @@ fn try_fold_one(
         .find(|a| a.name == "epsilon")
         .map(|a| a.f)
         .unwrap_or(ONNX_BN_DEFAULT_EPSILON);
-    let inits: HashMap<&str, usize> =
-        graph.initializer.iter().enumerate().map(|(i, t)| (t.name.as_str(), i)).collect();
-    let param_ix: Option<Vec<usize>> =
-        bn.input[1..5].iter().map(|name| inits.get(name.as_str()).copied()).collect();
-    let Some(param_ix) = param_ix else { return Ok(false) };
-    let Some(&w_ix) = inits.get(conv.input[1].as_str()) else { return Ok(false) };
+    let inits: HashMap<&str, usize> = graph
+        .initializer
+        .iter()
+        .enumerate()
+        .map(|(i, t)| (t.name.as_str(), i))
+        .collect();
+    let param_ix: Option<Vec<usize>> = bn.input[1..5]
+        .iter()
+        .map(|name| inits.get(name.as_str()).copied())
+        .collect();
+    let Some(param_ix) = param_ix else {
+        return Ok(false);
+    };
+    let Some(&w_ix) = inits.get(conv.input[1].as_str()) else {
+        return Ok(false);
+    };
     let bias_name = conv.input.get(2).filter(|b| !b.is_empty()).cloned();
     let b_ix = match &bias_name {
         Some(b) => match inits.get(b.as_str()) {
@@ -106,8 +116,7 @@ fn try_fold_one(
         None => None,
     };
     // Shared weights would be rescaled for another reader too.
-    if uses(graph, &conv.input[1]) != 1 || bias_name.as_ref().is_some_and(|b| uses(graph, b) != 1)
-    {
+    if uses(graph, &conv.input[1]) != 1 || bias_name.as_ref().is_some_and(|b| uses(graph, b) != 1) {
         return Ok(false);
     }
 
@@ -187,7 +196,12 @@ impl BatchNormParams<'_> {
     /// multiple of it.
     pub fn fold_into(&self, weight: &mut [f32], bias: &mut [f32]) {
         let per_out = (weight.len() / bias.len().max(1)).max(1);
-        let stats = self.gamma.iter().zip(self.beta).zip(self.mean).zip(self.var);
+        let stats = self
+            .gamma
+            .iter()
+            .zip(self.beta)
+            .zip(self.mean)
+            .zip(self.var);
         for ((chunk, b), (((gamma, beta), mean), var)) in
             weight.chunks_mut(per_out).zip(bias.iter_mut()).zip(stats)
         {
@@ -200,7 +214,12 @@ impl BatchNormParams<'_> {
 
 /// How many node inputs read `name` (a name listed twice by one node counts twice).
 fn uses(graph: &GraphProto, name: &str) -> usize {
-    graph.node.iter().flat_map(|n| n.input.iter()).filter(|i| *i == name).count()
+    graph
+        .node
+        .iter()
+        .flat_map(|n| n.input.iter())
+        .filter(|i| *i == name)
+        .count()
 }
 
 /// Replace a tensor's payload with little-endian f32 `raw_data`, dropping any external location.
@@ -240,7 +259,11 @@ mod tests {
     /// One 1x1 conv (2 -> 2 channels, no bias) followed by BN, with hand-computed expectations.
     fn conv_bn_graph() -> GraphProto {
         let mut bn = node("BatchNormalization", &["c", "g", "be", "m", "v"], "y");
-        bn.attribute.push(AttributeProto { name: "epsilon".into(), f: 0.0, ..Default::default() });
+        bn.attribute.push(AttributeProto {
+            name: "epsilon".into(),
+            f: 0.0,
+            ..Default::default()
+        });
         GraphProto {
             node: vec![node("Conv", &["x", "w"], "c"), bn],
             initializer: vec![
@@ -250,21 +273,27 @@ mod tests {
                 init("m", &[2], &[1.0, 0.0]),
                 init("v", &[2], &[4.0, 0.25]),
             ],
-            output: vec![ValueInfoProto { name: "y".into(), ..Default::default() }],
+            output: vec![ValueInfoProto {
+                name: "y".into(),
+                ..Default::default()
+            }],
             ..GraphProto::default()
         }
     }
 
     fn values(graph: &GraphProto, name: &str) -> Vec<f32> {
         let t = graph.initializer.iter().find(|t| t.name == name).unwrap();
-        t.raw_data.chunks(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect()
+        t.raw_data
+            .chunks(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect()
     }
 
     #[test]
     fn folds_conv_bn_pair() {
         let mut g = conv_bn_graph();
-        let report = fold_batchnorm(&mut g, &tract_onnx::data_resolver::MmapDataResolver, None)
-            .unwrap();
+        let report =
+            fold_batchnorm(&mut g, &tract_onnx::data_resolver::MmapDataResolver, None).unwrap();
         assert_eq!(report.folded, 1);
         assert!(report.left.is_empty());
         assert_eq!(g.node.len(), 1);
@@ -279,8 +308,8 @@ mod tests {
     fn leaves_bn_whose_conv_output_is_shared() {
         let mut g = conv_bn_graph();
         g.node.push(node("Relu", &["c"], "r"));
-        let report = fold_batchnorm(&mut g, &tract_onnx::data_resolver::MmapDataResolver, None)
-            .unwrap();
+        let report =
+            fold_batchnorm(&mut g, &tract_onnx::data_resolver::MmapDataResolver, None).unwrap();
         assert_eq!(report.folded, 0);
         assert_eq!(report.left, vec!["y".to_string()]);
         assert_eq!(values(&g, "w"), vec![1.0, 2.0, 3.0, 4.0]);
@@ -291,8 +320,8 @@ mod tests {
         let mut g = conv_bn_graph();
         g.node.remove(0);
         g.node[0].input[0] = "x".into();
-        let report = fold_batchnorm(&mut g, &tract_onnx::data_resolver::MmapDataResolver, None)
-            .unwrap();
+        let report =
+            fold_batchnorm(&mut g, &tract_onnx::data_resolver::MmapDataResolver, None).unwrap();
         assert_eq!((report.folded, report.left.len()), (0, 1));
     }
 }

@@ -5,7 +5,13 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 pub const DEPTHS: [usize; 5] = [18, 34, 50, 101, 152];
-pub const FORMS: [&str; 5] = ["legacy.onnx", "bn.onnx", "dynamo.onnx", "model.safetensors", "model.pth"];
+pub const FORMS: [&str; 5] = [
+    "legacy.onnx",
+    "bn.onnx",
+    "dynamo.onnx",
+    "model.safetensors",
+    "model.pth",
+];
 
 pub fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -55,19 +61,29 @@ pub fn read_json(path: &Path) -> serde_json::Value {
 }
 
 pub fn floats(v: &serde_json::Value) -> Vec<f32> {
-    v.as_array().expect("array").iter().map(|x| x.as_f64().expect("number") as f32).collect()
+    v.as_array()
+        .expect("array")
+        .iter()
+        .map(|x| x.as_f64().expect("number") as f32)
+        .collect()
 }
 
 /// max |a - b| / max |b|: the tolerance measure the issues state ("1e-4 relative").
 pub fn rel_diff(got: &[f32], want: &[f32]) -> f32 {
     assert_eq!(got.len(), want.len(), "length");
     let scale = want.iter().fold(0f32, |m, v| m.max(v.abs())).max(1e-12);
-    got.iter().zip(want).fold(0f32, |m, (a, b)| m.max((a - b).abs())) / scale
+    got.iter()
+        .zip(want)
+        .fold(0f32, |m, (a, b)| m.max((a - b).abs()))
+        / scale
 }
 
 pub fn pearson(a: &[f32], b: &[f32]) -> f64 {
     let n = a.len() as f64;
-    let (ma, mb) = (a.iter().map(|&x| x as f64).sum::<f64>() / n, b.iter().map(|&x| x as f64).sum::<f64>() / n);
+    let (ma, mb) = (
+        a.iter().map(|&x| x as f64).sum::<f64>() / n,
+        b.iter().map(|&x| x as f64).sum::<f64>() / n,
+    );
     let (mut num, mut da, mut db) = (0.0, 0.0, 0.0);
     for (&x, &y) in a.iter().zip(b) {
         let (x, y) = (x as f64 - ma, y as f64 - mb);

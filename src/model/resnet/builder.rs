@@ -23,13 +23,19 @@ pub fn build(
     width: usize,
 ) -> Result<TypedModel> {
     config.check_keys(weights)?;
-    let mut b = Builder { weights, config, model: TypedModel::default() };
+    let mut b = Builder {
+        weights,
+        config,
+        model: TypedModel::default(),
+    };
     let in_channels = match weights.shape("conv1.weight") {
         Some(&[_, c, _, _]) => c,
         other => return Err(b.shape_error("conv1.weight", other, "[out, in, kh, kw]")),
     };
-    let input =
-        b.model.add_source("input", f32::fact([batch, in_channels, height, width])).map_err(tract)?;
+    let input = b
+        .model
+        .add_source("input", f32::fact([batch, in_channels, height, width]))
+        .map_err(tract)?;
     let mut x = b.conv_bn("conv1", "bn1", input, 2, true)?;
     x = b.max_pool("maxpool", x)?;
     for (stage, &blocks) in config.layers.iter().enumerate() {
@@ -114,12 +120,24 @@ impl Builder<'_> {
         let mut weight = self.weights.to_f32(&key)?;
         let mut bias = vec![0f32; out];
         let [gamma, beta, mean, var] = self.bn(bn, out)?;
-        BatchNormParams { gamma: &gamma, beta: &beta, mean: &mean, var: &var, eps: self.config.bn_eps }
-            .fold_into(&mut weight, &mut bias);
+        BatchNormParams {
+            gamma: &gamma,
+            beta: &beta,
+            mean: &mean,
+            var: &var,
+            eps: self.config.bn_eps,
+        }
+        .fold_into(&mut weight, &mut bias);
 
         let kernel = Tensor::from_shape(&[out, per_group, kh, kw], &weight).map_err(tract)?;
-        let kernel = self.model.add_const(format!("{conv}.weight"), kernel).map_err(tract)?;
-        let bias = self.model.add_const(format!("{conv}.bias"), tensor1(&bias)).map_err(tract)?;
+        let kernel = self
+            .model
+            .add_const(format!("{conv}.weight"), kernel)
+            .map_err(tract)?;
+        let bias = self
+            .model
+            .add_const(format!("{conv}.bias"), tensor1(&bias))
+            .map_err(tract)?;
         let pool_spec = PoolSpec {
             data_format: DataFormat::NCHW,
             kernel_shape: tvec![kh, kw],
@@ -130,7 +148,10 @@ impl Builder<'_> {
             output_channels: out,
         };
         let op = Conv::new(pool_spec, KernelFormat::OIHW, group, None);
-        let y = self.model.wire_node(conv, op, &[x, kernel, bias]).map_err(tract)?[0];
+        let y = self
+            .model
+            .wire_node(conv, op, &[x, kernel, bias])
+            .map_err(tract)?[0];
         if relu {
             self.relu(&format!("{conv}.relu"), y)
         } else {
@@ -145,7 +166,10 @@ impl Builder<'_> {
 
     fn relu(&mut self, name: &str, x: OutletId) -> Result<OutletId> {
         let zero = tensor0(0f32).broadcast_into_rank(4).map_err(tract)?;
-        let zero = self.model.add_const(format!("{name}.zero"), zero).map_err(tract)?;
+        let zero = self
+            .model
+            .add_const(format!("{name}.zero"), zero)
+            .map_err(tract)?;
         Ok(self
             .model
             .wire_node(name, tract_core::ops::math::max(), &[x, zero])
@@ -164,7 +188,10 @@ impl Builder<'_> {
             input_channels: c,
             output_channels: c,
         };
-        let op = MaxPool { pool_spec, with_index_outputs: None };
+        let op = MaxPool {
+            pool_spec,
+            with_index_outputs: None,
+        };
         Ok(self.model.wire_node(name, op, &[x]).map_err(tract)?[0])
     }
 
@@ -180,9 +207,18 @@ impl Builder<'_> {
                 BlockKind::Bottleneck if i == 2 => stride,
                 _ => 1,
             };
-            y = self.conv_bn(&format!("{prefix}.conv{i}"), &format!("{prefix}.bn{i}"), y, s, i < convs)?;
+            y = self.conv_bn(
+                &format!("{prefix}.conv{i}"),
+                &format!("{prefix}.bn{i}"),
+                y,
+                s,
+                i < convs,
+            )?;
         }
-        let shortcut = if self.weights.contains(&format!("{prefix}.downsample.0.weight")) {
+        let shortcut = if self
+            .weights
+            .contains(&format!("{prefix}.downsample.0.weight"))
+        {
             self.conv_bn(
                 &format!("{prefix}.downsample.0"),
                 &format!("{prefix}.downsample.1"),
@@ -193,7 +229,14 @@ impl Builder<'_> {
         } else {
             x
         };
-        let (ys, ss) = (self.model.outlet_fact(y).map_err(tract)?.shape.clone(), self.model.outlet_fact(shortcut).map_err(tract)?.shape.clone());
+        let (ys, ss) = (
+            self.model.outlet_fact(y).map_err(tract)?.shape.clone(),
+            self.model
+                .outlet_fact(shortcut)
+                .map_err(tract)?
+                .shape
+                .clone(),
+        );
         if ys != ss {
             return Err(Error::file(
                 self.weights.path(),
@@ -202,7 +245,11 @@ impl Builder<'_> {
         }
         let sum = self
             .model
-            .wire_node(format!("{prefix}.add"), tract_core::ops::math::add(), &[y, shortcut])
+            .wire_node(
+                format!("{prefix}.add"),
+                tract_core::ops::math::add(),
+                &[y, shortcut],
+            )
             .map_err(tract)?[0];
         self.relu(&format!("{prefix}.relu"), sum)
     }
@@ -213,12 +260,23 @@ impl Builder<'_> {
         let hw = dim(&fact.shape[2])? * dim(&fact.shape[3])?;
         let sum = self
             .model
-            .wire_node(format!("{name}.sum"), Reduce::new(tvec![2, 3], Reducer::Sum), &[x])
+            .wire_node(
+                format!("{name}.sum"),
+                Reduce::new(tvec![2, 3], Reducer::Sum),
+                &[x],
+            )
             .map_err(tract)?[0];
-        let inv = tensor0(1.0 / hw as f32).broadcast_into_rank(4).map_err(tract)?;
-        let inv = self.model.add_const(format!("{name}.inv_area"), inv).map_err(tract)?;
-        let mut y =
-            self.model.wire_node(name, tract_core::ops::math::mul(), &[sum, inv]).map_err(tract)?[0];
+        let inv = tensor0(1.0 / hw as f32)
+            .broadcast_into_rank(4)
+            .map_err(tract)?;
+        let inv = self
+            .model
+            .add_const(format!("{name}.inv_area"), inv)
+            .map_err(tract)?;
+        let mut y = self
+            .model
+            .wire_node(name, tract_core::ops::math::mul(), &[sum, inv])
+            .map_err(tract)?[0];
         for axis in [3, 2] {
             y = self
                 .model
@@ -235,18 +293,34 @@ impl Builder<'_> {
         let key = format!("{name}.weight");
         match self.weights.shape(&key) {
             Some(&[o, i]) if o == classes && i == features => {}
-            other => return Err(self.shape_error(&key, other, &format!("[{classes}, {features}]"))),
+            other => {
+                return Err(self.shape_error(&key, other, &format!("[{classes}, {features}]")))
+            }
         }
-        let w = Tensor::from_shape(&[classes, features], &self.weights.to_f32(&key)?).map_err(tract)?;
+        let w =
+            Tensor::from_shape(&[classes, features], &self.weights.to_f32(&key)?).map_err(tract)?;
         let w = self.model.add_const(key, w).map_err(tract)?;
         let axes: AxesMapping = "nk,ok->no".parse().map_err(tract)?;
         let y = self
             .model
-            .wire_node(format!("{name}.matmul"), EinSum::new(axes, f32::datum_type()), &[x, w])
+            .wire_node(
+                format!("{name}.matmul"),
+                EinSum::new(axes, f32::datum_type()),
+                &[x, w],
+            )
             .map_err(tract)?[0];
-        let bias = Tensor::from_shape(&[1, classes], &self.vector(&format!("{name}.bias"), classes)?)
+        let bias = Tensor::from_shape(
+            &[1, classes],
+            &self.vector(&format!("{name}.bias"), classes)?,
+        )
+        .map_err(tract)?;
+        let bias = self
+            .model
+            .add_const(format!("{name}.bias"), bias)
             .map_err(tract)?;
-        let bias = self.model.add_const(format!("{name}.bias"), bias).map_err(tract)?;
-        Ok(self.model.wire_node(name, tract_core::ops::math::add(), &[y, bias]).map_err(tract)?[0])
+        Ok(self
+            .model
+            .wire_node(name, tract_core::ops::math::add(), &[y, bias])
+            .map_err(tract)?[0])
     }
 }

@@ -58,7 +58,12 @@ pub struct ResNetConfig {
 
 impl ResNetConfig {
     pub fn new(block: BlockKind, layers: [usize; 4], num_classes: usize) -> Self {
-        ResNetConfig { block, layers, num_classes, bn_eps: 1e-5 }
+        ResNetConfig {
+            block,
+            layers,
+            num_classes,
+            bn_eps: 1e-5,
+        }
     }
 
     /// `resnet18` .. `resnet152`.
@@ -69,7 +74,10 @@ impl ResNetConfig {
             .map(|(_, block, layers)| ResNetConfig::new(*block, *layers, num_classes))
             .ok_or_else(|| {
                 let names: Vec<&str> = STANDARD.iter().map(|(n, ..)| *n).collect();
-                Error::usage(format!("unknown arch {name:?}; expected one of {}", names.join(", ")))
+                Error::usage(format!(
+                    "unknown arch {name:?}; expected one of {}",
+                    names.join(", ")
+                ))
             })
     }
 
@@ -102,7 +110,9 @@ impl ResNetConfig {
         };
         let mut layers = [0usize; 4];
         for key in weights.keys() {
-            let Some(rest) = key.strip_prefix("layer") else { continue };
+            let Some(rest) = key.strip_prefix("layer") else {
+                continue;
+            };
             let mut parts = rest.split('.');
             let stage = parts.next().and_then(|s| s.parse::<usize>().ok());
             let index = parts.next().and_then(|s| s.parse::<usize>().ok());
@@ -111,7 +121,10 @@ impl ResNetConfig {
             }
         }
         if let Some(stage) = layers.iter().position(|&n| n == 0) {
-            return Err(Error::file(weights.path(), format!("no blocks for layer{}", stage + 1)));
+            return Err(Error::file(
+                weights.path(),
+                format!("no blocks for layer{}", stage + 1),
+            ));
         }
         let num_classes = match weights.shape("fc.weight") {
             Some(&[classes, _]) => classes,
@@ -142,9 +155,14 @@ impl ResNetConfig {
             for b in 0..blocks {
                 let prefix = format!("layer{}.{b}", stage + 1);
                 for i in 1..=self.block.convs() {
-                    conv_bn(&format!("{prefix}.conv{i}"), &format!("{prefix}.bn{i}"), &mut keys);
+                    conv_bn(
+                        &format!("{prefix}.conv{i}"),
+                        &format!("{prefix}.bn{i}"),
+                        &mut keys,
+                    );
                 }
-                let projection_needed = b == 0 && (stage > 0 || self.block == BlockKind::Bottleneck);
+                let projection_needed =
+                    b == 0 && (stage > 0 || self.block == BlockKind::Bottleneck);
                 if projection_needed || weights.contains(&format!("{prefix}.downsample.0.weight")) {
                     conv_bn(
                         &format!("{prefix}.downsample.0"),
@@ -163,18 +181,29 @@ impl ResNetConfig {
     /// `num_batches_tracked` counter is training state and is ignored).
     pub fn check_keys(&self, weights: &StateDict) -> Result<()> {
         let expected: BTreeSet<String> = self.expected_keys(weights).into_iter().collect();
-        let missing: Vec<&str> =
-            expected.iter().filter(|k| !weights.contains(k)).map(|k| k.as_str()).collect();
+        let missing: Vec<&str> = expected
+            .iter()
+            .filter(|k| !weights.contains(k))
+            .map(|k| k.as_str())
+            .collect();
         let unused: Vec<&str> = weights
             .keys()
             .filter(|k| !expected.contains(*k) && !k.ends_with(".num_batches_tracked"))
             .collect();
         let mut problems = Vec::new();
         if !missing.is_empty() {
-            problems.push(format!("missing keys for {}: {}", self.arch_name(), key_list(&missing)));
+            problems.push(format!(
+                "missing keys for {}: {}",
+                self.arch_name(),
+                key_list(&missing)
+            ));
         }
         if !unused.is_empty() {
-            problems.push(format!("unused keys for {}: {}", self.arch_name(), key_list(&unused)));
+            problems.push(format!(
+                "unused keys for {}: {}",
+                self.arch_name(),
+                key_list(&unused)
+            ));
         }
         if problems.is_empty() {
             Ok(())
@@ -186,7 +215,14 @@ impl ResNetConfig {
 
 impl fmt::Display for ResNetConfig {
     fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
-        write!(f, "{} ({:?} blocks {:?}, {} classes)", self.arch_name(), self.block, self.layers, self.num_classes)
+        write!(
+            f,
+            "{} ({:?} blocks {:?}, {} classes)",
+            self.arch_name(),
+            self.block,
+            self.layers,
+            self.num_classes
+        )
     }
 }
 
