@@ -123,15 +123,15 @@ pub fn load_image(path: &Path) -> Result<RgbImage> {
     } else {
         "PNG"
     };
+    if format == ImageFormat::Jpeg && !jpeg_has_end_marker(&bytes) {
+        return Err(Error::file(path, "truncated JPEG (no end-of-image marker)"));
+    }
     let decoded = image::load_from_memory_with_format(&bytes, format).map_err(|e| {
         Error::file(
             path,
             format!("cannot decode {kind} (truncated or corrupt?): {e}"),
         )
     })?;
-    if format == ImageFormat::Jpeg && !jpeg_has_end_marker(&bytes) {
-        return Err(Error::file(path, "truncated JPEG (no end-of-image marker)"));
-    }
     if decoded.width() == 0 || decoded.height() == 0 {
         return Err(Error::file(path, format!("{kind} image has no pixels")));
     }
