@@ -18,10 +18,15 @@ models: $(PY)
 	PYTHON=$(PY) bash models/fetch_models.sh models/real
 
 PHOTOS := $(wildcard models/photos/*.png models/photos/*.jpg)
+# The camera loop over the bundled photos writes annotated frames and JSONL logs here.
+DEMO_OUT ?= demo-out
 
 demo: models
-	cargo run --quiet -- classify models/real/efficientnet_lite0.onnx $(PHOTOS) --top-k 3
-	cargo run --quiet -- classify models/real/opennsfw.onnx $(PHOTOS)
+	rm -rf $(DEMO_OUT)
+	cargo run --quiet -- camera models/real/efficientnet_lite0.onnx --source dir:models/photos \
+	  --display png:$(DEMO_OUT)/efficientnet_lite0 --log $(DEMO_OUT)/efficientnet_lite0.jsonl
+	cargo run --quiet -- camera models/real/opennsfw.onnx --source dir:models/photos \
+	  --display png:$(DEMO_OUT)/opennsfw --log $(DEMO_OUT)/opennsfw.jsonl
 
 check:
 	cargo fmt --all -- --check

@@ -9,6 +9,7 @@ use serde_json::json;
 use resnet_edge::classifier::{Classifier, ClassifierOptions, Prediction, PreprocessOverrides};
 use resnet_edge::info::ModelInfo;
 use resnet_edge::manifest::OutputKind;
+use resnet_edge::model::resnet::ResNetLayout;
 use resnet_edge::model::LoadOptions;
 use resnet_edge::preprocess::{load_image, ChannelOrder, ResizeMode};
 use resnet_edge::{npy, Error, Result};
@@ -30,6 +31,13 @@ pub enum Command {
     Info(InfoArgs),
     /// Classify images (JPEG/PNG, or preprocessed float32 .npy tensors).
     Classify(ClassifyArgs),
+    /// Time a model: load, first inference, then min/mean/std/percentiles over timed runs.
+    Bench(BenchArgs),
+    /// Time every node of a model, summed per ResNet stage, per op kind and per layer.
+    Profile(ProfileArgs),
+    /// Classify camera frames (or a folder, recording or test pattern) continuously, with an
+    /// overlay, a results log and a summary on exit.
+    Camera(CameraArgs),
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -48,6 +56,10 @@ pub struct ModelArgs {
     /// Architecture for state_dict weights (resnet18..resnet152), instead of detecting it.
     #[arg(long)]
     pub arch: Option<String>,
+    /// Key layout of state_dict weights: torchvision's, or the seed article's own classes
+    /// (`layer0`, `shortcut`), instead of detecting it.
+    #[arg(long, value_parser = ["article", "torchvision"])]
+    pub layout: Option<String>,
     /// Leave ONNX BatchNormalization nodes to tract (to measure what folding buys).
     #[arg(long)]
     pub no_fold_batchnorm: bool,
@@ -126,6 +138,10 @@ impl ModelArgs {
                 batch: self.batch,
                 arch: self.arch.clone(),
                 fold_batchnorm: !self.no_fold_batchnorm,
+                resnet_layout: self.layout.as_deref().map(|l| match l {
+                    "article" => ResNetLayout::Article,
+                    _ => ResNetLayout::Torchvision,
+                }),
                 ..LoadOptions::default()
             },
             threads,
@@ -157,6 +173,9 @@ pub fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Info(args) => info(args),
         Command::Classify(args) => classify(args),
+        Command::Bench(args) => bench(args),
+        Command::Profile(args) => profile(args),
+        Command::Camera(args) => camera(args),
     }
 }
 
@@ -172,7 +191,8 @@ fn info(args: InfoArgs) -> Result<()> {
                 info.source,
                 info.arch
                     .as_ref()
-                    .map(|a| format!(" ({a})"))
+                    .zip(info.resnet_layout)
+                    .map(|(a, l)| format!(" ({a}, {l} layout)"))
                     .unwrap_or_default()
             );
             println!("input           {:?} {:?}", info.input_shape, info.layout);
@@ -268,4 +288,264 @@ fn classify(args: ClassifyArgs) -> Result<()> {
 
 fn to_json(value: &impl serde::Serialize) -> Result<String> {
     serde_json::to_string_pretty(value).map_err(|e| Error::usage(format!("encoding JSON: {e}")))
+}
+
+/// Flags shared by `bench` and `profile`, named as TFLite's `benchmark_model` names them.
+#[derive(Args, Debug)]
+pub struct MeasureArgs {
+    /// A .onnx, .safetensors or .pth (PyTorch zip) model.
+    pub model: PathBuf,
+    /// f32, or auto (the fastest available: f32 today); f16 and int8 are not available yet.
+    #[arg(long, default_value = "auto", value_parser = parse_precision)]
+    pub precision: resnet_edge::bench::Precision,
+    /// Inference threads; 0 = all cores.
+    #[arg(long, default_value_t = 0, allow_hyphen_values = true, value_parser = parse_threads)]
+    pub threads: usize,
+    /// Images per inference run.
+    #[arg(long, default_value_t = 1)]
+    pub batch: usize,
+    /// Untimed runs after the first inference.
+    #[arg(long, default_value_t = 5, allow_hyphen_values = true, value_parser = parse_count)]
+    pub warmup_runs: usize,
+    /// Timed runs.
+    #[arg(long, default_value_t = 50, allow_hyphen_values = true, value_parser = parse_count)]
+    pub num_runs: usize,
+    /// Stop the timed runs after this many seconds (at least one run is made).
+    #[arg(long, allow_hyphen_values = true)]
+    pub max_secs: Option<f64>,
+    /// Architecture for state_dict weights (resnet18..resnet152), instead of detecting it.
+    #[arg(long)]
+    pub arch: Option<String>,
+    /// Leave ONNX BatchNormalization nodes to tract (to measure what folding buys).
+    #[arg(long)]
+    pub no_fold_batchnorm: bool,
+    #[arg(long, value_enum, default_value_t = ReportFormat::Table)]
+    pub format: ReportFormat,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum ReportFormat {
+    Table,
+    Json,
+    Csv,
+}
+
+#[derive(Args, Debug)]
+pub struct BenchArgs {
+    #[command(flatten)]
+    pub measure: MeasureArgs,
+}
+
+#[derive(Args, Debug)]
+pub struct ProfileArgs {
+    #[command(flatten)]
+    pub measure: MeasureArgs,
+    /// Layers listed in the table format (JSON and CSV list them all).
+    #[arg(long, default_value_t = 10)]
+    pub top: usize,
+}
+
+fn parse_precision(s: &str) -> std::result::Result<resnet_edge::bench::Precision, String> {
+    s.parse().map_err(|e: Error| e.to_string())
+}
+
+fn parse_threads(s: &str) -> std::result::Result<usize, String> {
+    s.trim()
+        .parse::<usize>()
+        .map_err(|_| format!("expected 0 (all cores) or a positive number of threads, got {s:?}"))
+}
+
+fn parse_count(s: &str) -> std::result::Result<usize, String> {
+    s.trim()
+        .parse::<usize>()
+        .map_err(|_| format!("expected a whole number of runs, got {s:?}"))
+}
+
+impl MeasureArgs {
+    fn options(&self) -> resnet_edge::bench::MeasureOptions {
+        resnet_edge::bench::MeasureOptions {
+            load: LoadOptions {
+                batch: self.batch,
+                arch: self.arch.clone(),
+                fold_batchnorm: !self.no_fold_batchnorm,
+                ..LoadOptions::default()
+            },
+            threads: self.threads,
+            precision: self.precision,
+            warmup_runs: self.warmup_runs,
+            num_runs: self.num_runs,
+            max_secs: self.max_secs,
+        }
+    }
+}
+
+fn bench(args: BenchArgs) -> Result<()> {
+    let m = &args.measure;
+    let report = resnet_edge::bench::bench(&m.model, &m.options())?;
+    match m.format {
+        ReportFormat::Table => print!("{}", report.table()),
+        ReportFormat::Json => println!("{}", to_json(&report)?),
+        ReportFormat::Csv => print!("{}", report.csv()),
+    }
+    Ok(())
+}
+
+fn profile(args: ProfileArgs) -> Result<()> {
+    let m = &args.measure;
+    let report = resnet_edge::profile::profile(&m.model, &m.options())?;
+    match m.format {
+        ReportFormat::Table => print!("{}", report.table(args.top)),
+        ReportFormat::Json => println!("{}", to_json(&report)?),
+        ReportFormat::Csv => print!("{}", report.csv()),
+    }
+    Ok(())
+}
+
+// ---- camera: the frame loop (issue 4) ----
+
+#[derive(Args, Debug)]
+pub struct CameraArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// Frames from v4l:/dev/videoN, dir:PATH (JPEG/PNG files, sorted), mjpeg:FILE
+    /// (concatenated JPEGs) or synthetic[:WxH].
+    #[arg(long)]
+    pub source: String,
+    /// Frames per second: pacing for dir/mjpeg/synthetic (0 = as fast as possible), a request
+    /// to a camera. Unpaced dir/mjpeg replays classify every frame.
+    #[arg(long)]
+    pub fps: Option<f64>,
+    /// Start dir/mjpeg replays over when they end.
+    #[arg(long = "loop")]
+    pub looping: bool,
+    /// Camera resolution to ask for, e.g. 640x480.
+    #[arg(long, value_parser = parse_frame_size)]
+    pub size: Option<(u32, u32)>,
+    /// Camera pixel format (auto prefers MJPEG).
+    #[arg(long, value_parser = ["auto", "mjpeg", "yuyv"], default_value = "auto")]
+    pub pixel_format: String,
+    /// Where annotated frames go: none, png:DIR or fb:/dev/fbN.
+    #[arg(long, default_value = "none")]
+    pub display: String,
+    /// With --display png:DIR, save every Nth classified frame.
+    #[arg(long, default_value_t = 1)]
+    pub png_every: u64,
+    /// Append one JSON line per classified frame (and per camera event) to this file.
+    #[arg(long)]
+    pub log: Option<PathBuf>,
+    /// Rotate the log before it exceeds this size: bytes, or with a K, M or G suffix.
+    #[arg(long, value_parser = parse_bytes)]
+    pub log_rotate: Option<u64>,
+    #[arg(long, default_value_t = 3)]
+    pub top_k: usize,
+    /// Stop after this many classified frames.
+    #[arg(long)]
+    pub frames: Option<u64>,
+    /// Inference threads; 0 = all cores.
+    #[arg(long, default_value_t = 0)]
+    pub threads: usize,
+    /// Sleep this long after every inference: shows frame dropping with a fast model.
+    #[arg(long, default_value_t = 0)]
+    pub simulate_inference_ms: u64,
+    /// No line per frame on stdout, only the summary.
+    #[arg(long)]
+    pub quiet: bool,
+    /// Summary format.
+    #[arg(long, value_enum, default_value_t = Format::Text)]
+    pub format: Format,
+}
+
+fn parse_frame_size(s: &str) -> std::result::Result<(u32, u32), String> {
+    resnet_edge::frame::parse_size(s).map_err(|e| e.to_string())
+}
+
+/// `4096`, `512K`, `10M`, `1G` (powers of 1024).
+fn parse_bytes(s: &str) -> std::result::Result<u64, String> {
+    let s = s.trim();
+    let (digits, unit) = match s.char_indices().last() {
+        Some((i, c)) if c.is_ascii_alphabetic() => (&s[..i], c.to_ascii_uppercase()),
+        _ => (s, 'B'),
+    };
+    let shift = match unit {
+        'B' => 0,
+        'K' => 10,
+        'M' => 20,
+        'G' => 30,
+        _ => return Err(format!("{s:?}: unknown unit (use K, M or G)")),
+    };
+    let n: u64 = digits.trim().parse().map_err(|e| format!("{s:?}: {e}"))?;
+    n.checked_mul(1 << shift)
+        .filter(|n| *n > 0)
+        .ok_or_else(|| format!("{s:?}: must be between 1 byte and 16 EiB"))
+}
+
+fn camera(args: CameraArgs) -> Result<()> {
+    use resnet_edge::{display, frame, pipeline, results_log::ResultsLog};
+    use std::sync::atomic::AtomicBool;
+    use std::sync::Arc;
+
+    let stop = Arc::new(AtomicBool::new(false));
+    pipeline::stop_on_signals(&stop)?;
+    let pixel_format = match args.pixel_format.as_str() {
+        "mjpeg" => frame::PixelFormat::Mjpeg,
+        "yuyv" => frame::PixelFormat::Yuyv,
+        _ => frame::PixelFormat::Auto,
+    };
+    let options = frame::SourceOptions {
+        fps: args.fps,
+        looping: args.looping,
+        size: args.size,
+        pixel_format,
+    };
+    let mut source = frame::open(&args.source, &options)?;
+    let sink = display::open(&args.display, args.png_every)?;
+    let log = args
+        .log
+        .as_deref()
+        .map(|p| ResultsLog::open(p, args.log_rotate))
+        .transpose()?;
+    let classifier = Classifier::open(&args.model.model, &args.model.options(args.threads))?;
+    eprintln!(
+        "camera: {}{} -> {} ({} threads); display {}; log {}",
+        source.describe(),
+        source
+            .negotiated()
+            .map(|n| format!(" ({n})"))
+            .unwrap_or_default(),
+        args.model.model.display(),
+        classifier.plan.threads(),
+        sink.describe(),
+        args.log
+            .as_ref()
+            .map_or("none".into(), |p| p.display().to_string())
+    );
+    let mut output = pipeline::StandardOutput {
+        labels: classifier.labels.clone(),
+        source: source.describe(),
+        log,
+        sink,
+        print: !args.quiet,
+    };
+    let config = pipeline::Config {
+        top_k: args.top_k,
+        max_frames: args.frames,
+        simulate_inference: std::time::Duration::from_millis(args.simulate_inference_ms),
+        backoff: pipeline::Backoff::default(),
+    };
+    let summary = pipeline::run(&classifier, source.as_mut(), &config, &mut output, &stop);
+    output.finish()?;
+    let summary = summary?;
+    match args.format {
+        Format::Json => println!("{}", to_json(&summary)?),
+        Format::Text => {
+            print!("{summary}");
+            if let Some(dir) = args.display.strip_prefix("png:") {
+                println!("annotated frames in {dir}/");
+            }
+            if let Some(log) = &args.log {
+                println!("results log {}", log.display());
+            }
+        }
+    }
+    Ok(())
 }

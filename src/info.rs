@@ -8,6 +8,7 @@ use tract_core::ops::einsum::EinSum;
 use tract_core::ops::konst::Const;
 use tract_core::ops::source::TypedSource;
 
+use crate::model::resnet::ResNetLayout;
 use crate::model::{LoadedModel, SourceKind};
 use crate::plan::Plan;
 use crate::preprocess::Layout;
@@ -18,6 +19,8 @@ pub struct ModelInfo {
     pub model: String,
     pub source: SourceKind,
     pub arch: Option<String>,
+    /// Whose key layout a state_dict follows (`torchvision` or `article`); none for ONNX.
+    pub resnet_layout: Option<ResNetLayout>,
     pub layout: Layout,
     pub batch: usize,
     pub input_shape: Vec<usize>,
@@ -75,6 +78,7 @@ impl ModelInfo {
             model: loaded.path.display().to_string(),
             source: loaded.kind,
             arch: loaded.arch.as_ref().map(|a| a.arch_name()),
+            resnet_layout: loaded.arch.as_ref().map(|a| a.layout),
             layout: loaded.layout,
             batch,
             input_shape: loaded.input_shape.clone(),

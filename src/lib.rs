@@ -5,6 +5,7 @@
 //! rewritten by [`transform`]), and is reduced to the best classes ([`topk`], named by
 //! [`labels`]). [`classifier`] ties them together; [`info`] describes a model.
 
+pub mod bench;
 pub mod classifier;
 pub mod error;
 pub mod info;
@@ -14,7 +15,14 @@ pub mod model;
 pub mod npy;
 pub mod plan;
 pub mod preprocess;
+pub mod profile;
 pub mod topk;
 pub mod transform;
+// Camera loop (issue 4).
+pub mod display;
+pub mod frame;
+pub mod overlay;
+pub mod pipeline;
+pub mod results_log;
 
 pub use error::{Error, Result};

@@ -11,7 +11,7 @@ use tract_core::prelude::*;
 
 use crate::preprocess::Layout;
 use crate::{Error, Result};
-use resnet::ResNetConfig;
+use resnet::{ResNetConfig, ResNetLayout};
 use state_dict::StateDict;
 
 /// The file formats a model can come in, chosen by extension.
@@ -52,6 +52,9 @@ pub struct LoadOptions {
     pub fold_batchnorm: bool,
     /// Spatial input size when the source does not fix it (state_dict weights, dynamic ONNX).
     pub image_size: usize,
+    /// Override the ResNet key layout detected from `state_dict` keys (torchvision's or the
+    /// seed article's).
+    pub resnet_layout: Option<ResNetLayout>,
 }
 
 impl Default for LoadOptions {
@@ -61,6 +64,7 @@ impl Default for LoadOptions {
             arch: None,
             fold_batchnorm: true,
             image_size: 224,
+            resnet_layout: None,
         }
     }
 }
@@ -74,7 +78,7 @@ pub struct LoadedModel {
     /// Input tensor layout, read off the input shape (channels of 1 or 3 in axis 1 or 3).
     pub layout: Layout,
     pub input_shape: Vec<usize>,
-    /// The ResNet architecture, for `state_dict` sources.
+    /// The ResNet architecture (with its key layout), for `state_dict` sources.
     pub arch: Option<ResNetConfig>,
     /// Names of BatchNormalization nodes in the source, to count ops derived from them.
     pub batchnorm_nodes: Vec<String>,
@@ -98,13 +102,19 @@ pub fn load(path: &Path, options: &LoadOptions) -> Result<LoadedModel> {
 
 fn load_state_dict(path: &Path, kind: SourceKind, options: &LoadOptions) -> Result<LoadedModel> {
     let weights = StateDict::open(path)?;
-    let detected = ResNetConfig::detect(&weights)?;
+    let detected = match options.resnet_layout {
+        Some(layout) => ResNetConfig::detect_as(&weights, layout)?,
+        None => ResNetConfig::detect(&weights)?,
+    };
     let config = match &options.arch {
-        Some(arch) => ResNetConfig::from_arch(arch, detected.num_classes)?,
+        Some(arch) => {
+            ResNetConfig::from_arch(arch, detected.num_classes)?.with_layout(detected.layout)
+        }
         None => detected,
     };
     let size = options.image_size;
-    let model = resnet::build(&weights, &config, options.batch, size, size)?;
+    let built = resnet::build(&weights, &config, options.batch, size, size)?;
+    let model = built.model;
     let input_shape = input_shape(&model, path)?;
     Ok(LoadedModel {
         path: path.to_path_buf(),
@@ -113,8 +123,8 @@ fn load_state_dict(path: &Path, kind: SourceKind, options: &LoadOptions) -> Resu
         layout: Layout::Nchw,
         input_shape,
         arch: Some(config),
-        batchnorm_nodes: vec![],
-        batchnorm_folded: 0,
+        batchnorm_nodes: built.batchnorm,
+        batchnorm_folded: built.batchnorm_folded,
     })
 }
 

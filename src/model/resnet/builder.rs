@@ -1,18 +1,31 @@
 //! Build a ResNet as a tract `TypedModel` straight from `state_dict` weights.
 //!
-//! Every BatchNorm is folded into its conv while the weights are read, so the graph never holds a
-//! BN op, at any batch size. Node names are the checkpoint's module paths (`layer1.0.conv1`), so
-//! profiles and errors point at the same names users see in PyTorch.
+//! Every BatchNorm is folded into its conv while the weights are read, so the graph holds no BN
+//! op at any batch size. The one exception is the article layout's stem BN, which follows a
+//! max-pool: it folds only when no channel's scale is negative (see [`Builder::article_stem`]).
+//! Node names are the checkpoint's module paths (`layer1.0.conv1`), so profiles and errors point
+//! at the same names users see in PyTorch.
 
 use tract_core::internal::*;
 use tract_core::ops::cnn::{Conv, KernelFormat, MaxPool, PaddingSpec, PoolSpec};
 use tract_core::ops::einsum::EinSum;
 use tract_core::ops::nn::{DataFormat, Reduce, Reducer};
 
-use super::{BlockKind, ResNetConfig};
+use super::{BlockKind, ResNetConfig, ResNetLayout};
 use crate::model::state_dict::StateDict;
 use crate::transform::BatchNormParams;
 use crate::{Error, Result};
+
+/// The graph, and what became of the checkpoint's BatchNorms.
+#[derive(Debug, Clone)]
+pub struct Built {
+    pub model: TypedModel,
+    /// Module path of every BatchNorm in the checkpoint (`layer1.0.bn1`).
+    pub batchnorm: Vec<String>,
+    /// How many of them were folded into a conv; any other is in the graph as a per-channel
+    /// multiply (node named after the BN), add and ReLU (`<bn>.shift`, `<bn>.relu`).
+    pub batchnorm_folded: usize,
+}
 
 /// Build the graph for `config` over an NCHW f32 input of `batch` x 3 x `height` x `width`.
 pub fn build(
@@ -21,34 +34,56 @@ pub fn build(
     batch: usize,
     height: usize,
     width: usize,
-) -> Result<TypedModel> {
+) -> Result<Built> {
     config.check_keys(weights)?;
+    if config.layout == ResNetLayout::Article {
+        config.check_article_shapes(weights)?;
+    }
     let mut b = Builder {
         weights,
         config,
         model: TypedModel::default(),
+        batchnorm: vec![],
+        batchnorm_folded: 0,
     };
-    let in_channels = match weights.shape("conv1.weight") {
+    let stem = match config.layout {
+        ResNetLayout::Torchvision => "conv1.weight",
+        ResNetLayout::Article => "layer0.0.weight",
+    };
+    let in_channels = match weights.shape(stem) {
         Some(&[_, c, _, _]) => c,
-        other => return Err(b.shape_error("conv1.weight", other, "[out, in, kh, kw]")),
+        other => return Err(b.shape_error(stem, other, "[out, in, kh, kw]")),
     };
     let input = b
         .model
         .add_source("input", f32::fact([batch, in_channels, height, width]))
         .map_err(tract)?;
-    let mut x = b.conv_bn("conv1", "bn1", input, 2, true)?;
-    x = b.max_pool("maxpool", x)?;
+    let mut x = match config.layout {
+        ResNetLayout::Torchvision => {
+            let x = b.conv_bn("conv1", "bn1", input, 2, true)?;
+            b.max_pool("maxpool", x)?
+        }
+        ResNetLayout::Article => b.article_stem(input)?,
+    };
     for (stage, &blocks) in config.layers.iter().enumerate() {
         for block in 0..blocks {
             let stride = if stage > 0 && block == 0 { 2 } else { 1 };
             x = b.block(&format!("layer{}.{block}", stage + 1), x, stride)?;
         }
     }
-    x = b.global_avg_pool("avgpool", x)?;
+    let pool = match config.layout {
+        ResNetLayout::Torchvision => "avgpool",
+        ResNetLayout::Article => "gap",
+    };
+    x = b.global_avg_pool(pool, x)?;
     x = b.linear("fc", x)?;
     b.model.select_output_outlets(&[x]).map_err(tract)?;
     b.model.declutter().map_err(tract)?;
-    Ok(b.model)
+    Ok(Built {
+        model: b.model,
+        batchnorm: b.batchnorm,
+        batchnorm_folded: b.batchnorm_folded,
+    })
 }
 
 fn tract(e: anyhow::Error) -> Error {
@@ -63,6 +98,18 @@ struct Builder<'a> {
     weights: &'a StateDict,
     config: &'a ResNetConfig,
     model: TypedModel,
+    batchnorm: Vec<String>,
+    batchnorm_folded: usize,
+}
+
+/// A conv's weights as the graph will hold them: OIHW kernel and one bias per output channel.
+struct ConvWeights {
+    weight: Vec<f32>,
+    bias: Vec<f32>,
+    out: usize,
+    per_group: usize,
+    kh: usize,
+    kw: usize,
 }
 
 impl Builder<'_> {
@@ -85,25 +132,34 @@ impl Builder<'_> {
         Ok(v)
     }
 
-    fn bn(&self, bn: &str, channels: usize) -> Result<[Vec<f32>; 4]> {
-        Ok([
+    fn bn(&mut self, bn: &str, channels: usize) -> Result<[Vec<f32>; 4]> {
+        let params = [
             self.vector(&format!("{bn}.weight"), channels)?,
             self.vector(&format!("{bn}.bias"), channels)?,
             self.vector(&format!("{bn}.running_mean"), channels)?,
             self.vector(&format!("{bn}.running_var"), channels)?,
-        ])
+        ];
+        self.batchnorm.push(bn.to_string());
+        Ok(params)
     }
 
-    /// Conv (no bias, "same" padding for odd kernels as torchvision uses) with `bn` folded in,
-    /// optionally followed by ReLU. The group count comes from the weight's input dimension.
-    fn conv_bn(
-        &mut self,
-        conv: &str,
-        bn: &str,
-        x: OutletId,
-        stride: usize,
-        relu: bool,
-    ) -> Result<OutletId> {
+    /// Fold `[gamma, beta, mean, var]` into `c`: w' = w s, b' = (b - mean) s + beta with
+    /// s = gamma / sqrt(var + eps), so a conv bias (the article's) folds along.
+    fn fold(&mut self, c: &mut ConvWeights, [gamma, beta, mean, var]: &[Vec<f32>; 4]) {
+        BatchNormParams {
+            gamma,
+            beta,
+            mean,
+            var,
+            eps: self.config.bn_eps,
+        }
+        .fold_into(&mut c.weight, &mut c.bias);
+        self.batchnorm_folded += 1;
+    }
+
+    /// Read `{conv}.weight` (and `{conv}.bias` in the article's layout, else zeros) for an input
+    /// `x`, checking the kernel is odd and the channels fit.
+    fn read_conv(&self, conv: &str, x: OutletId) -> Result<ConvWeights> {
         let key = format!("{conv}.weight");
         let (out, per_group, kh, kw) = match self.weights.shape(&key) {
             Some(&[o, i, kh, kw]) if o > 0 && i > 0 && kh % 2 == 1 && kw % 2 == 1 => (o, i, kh, kw),
@@ -116,19 +172,119 @@ impl Builder<'_> {
                 format!("{key} expects {per_group} input channels per group, the layer before gives {in_channels}"),
             ));
         }
-        let group = in_channels / per_group;
-        let mut weight = self.weights.to_f32(&key)?;
-        let mut bias = vec![0f32; out];
-        let [gamma, beta, mean, var] = self.bn(bn, out)?;
-        BatchNormParams {
-            gamma: &gamma,
-            beta: &beta,
-            mean: &mean,
-            var: &var,
-            eps: self.config.bn_eps,
-        }
-        .fold_into(&mut weight, &mut bias);
+        let bias = if self.config.layout.conv_bias() {
+            self.vector(&format!("{conv}.bias"), out)?
+        } else {
+            vec![0f32; out]
+        };
+        Ok(ConvWeights {
+            weight: self.weights.to_f32(&key)?,
+            bias,
+            out,
+            per_group,
+            kh,
+            kw,
+        })
+    }
 
+    /// Conv with `bn` folded in, optionally followed by ReLU.
+    fn conv_bn(
+        &mut self,
+        conv: &str,
+        bn: &str,
+        x: OutletId,
+        stride: usize,
+        relu: bool,
+    ) -> Result<OutletId> {
+        let mut c = self.read_conv(conv, x)?;
+        let params = self.bn(bn, c.out)?;
+        self.fold(&mut c, &params);
+        let y = self.wire_conv(conv, x, c, stride)?;
+        if relu {
+            self.relu(&format!("{conv}.relu"), y)
+        } else {
+            Ok(y)
+        }
+    }
+
+    /// The article's stem, `Conv2d(3, 64, 7, 2, 3)` -> `MaxPool2d(3, 2, 1)` -> `BatchNorm2d`
+    /// -> ReLU. BN moves ahead of the pool (and into the conv) only if every channel's scale
+    /// s is >= 0: max(s x + t) = s max(x) + t needs a map that never decreases. Otherwise
+    /// it stays after the pool as `x * s + (beta - mean s)`, exact for any sign, and the ReLU
+    /// is named under the BN (`layer0.2.relu`, not `layer0.3`): tract fuses the three into one
+    /// node named after the last, which `info` must still count as BN-derived.
+    fn article_stem(&mut self, x: OutletId) -> Result<OutletId> {
+        let mut c = self.read_conv("layer0.0", x)?;
+        let params = self.bn("layer0.2", c.out)?;
+        let [gamma, beta, mean, var] = &params;
+        let scale: Vec<f32> = gamma
+            .iter()
+            .zip(var)
+            .map(|(g, v)| g / (v + self.config.bn_eps).sqrt())
+            .collect();
+        if scale.iter().all(|s| *s >= 0.0) {
+            self.fold(&mut c, &params);
+            let y = self.wire_conv("layer0.0", x, c, 2)?;
+            let y = self.max_pool("layer0.1", y)?;
+            self.relu("layer0.3", y)
+        } else {
+            let shift: Vec<f32> = beta
+                .iter()
+                .zip(mean)
+                .zip(&scale)
+                .map(|((b, m), s)| b - m * s)
+                .collect();
+            let out = c.out;
+            let y = self.wire_conv("layer0.0", x, c, 2)?;
+            let y = self.max_pool("layer0.1", y)?;
+            let y = self.per_channel("layer0.2", y, &scale, out, tract_core::ops::math::mul())?;
+            let y = self.per_channel(
+                "layer0.2.shift",
+                y,
+                &shift,
+                out,
+                tract_core::ops::math::add(),
+            )?;
+            self.relu("layer0.2.relu", y)
+        }
+    }
+
+    /// `x <op> v` with `v` broadcast over N, H and W.
+    fn per_channel(
+        &mut self,
+        name: &str,
+        x: OutletId,
+        values: &[f32],
+        channels: usize,
+        op: impl Into<Box<dyn TypedOp>>,
+    ) -> Result<OutletId> {
+        let v = Tensor::from_shape(&[1, channels, 1, 1], values).map_err(tract)?;
+        let v = self
+            .model
+            .add_const(format!("{name}.value"), v)
+            .map_err(tract)?;
+        Ok(self.model.wire_node(name, op, &[x, v]).map_err(tract)?[0])
+    }
+
+    /// A conv with "same" padding for odd kernels (as both layouts use); the group count comes
+    /// from the weight's input dimension.
+    fn wire_conv(
+        &mut self,
+        conv: &str,
+        x: OutletId,
+        c: ConvWeights,
+        stride: usize,
+    ) -> Result<OutletId> {
+        let ConvWeights {
+            weight,
+            bias,
+            out,
+            per_group,
+            kh,
+            kw,
+        } = c;
+        let in_channels = self.channels(x)?;
+        let group = in_channels / per_group;
         let kernel = Tensor::from_shape(&[out, per_group, kh, kw], &weight).map_err(tract)?;
         let kernel = self
             .model
@@ -148,15 +304,10 @@ impl Builder<'_> {
             output_channels: out,
         };
         let op = Conv::new(pool_spec, KernelFormat::OIHW, group, None);
-        let y = self
+        Ok(self
             .model
             .wire_node(conv, op, &[x, kernel, bias])
-            .map_err(tract)?[0];
-        if relu {
-            self.relu(&format!("{conv}.relu"), y)
-        } else {
-            Ok(y)
-        }
+            .map_err(tract)?[0])
     }
 
     fn channels(&self, x: OutletId) -> Result<usize> {
@@ -176,7 +327,9 @@ impl Builder<'_> {
             .map_err(tract)?[0])
     }
 
-    /// The stem's 3x3/2 max-pool with padding 1 (torchvision `nn.MaxPool2d(3, 2, 1)`).
+    /// The stem's 3x3/2 max-pool with padding 1 (`nn.MaxPool2d(3, 2, 1)`). Like PyTorch's
+    /// -inf padding, tract's takes the max over in-bounds taps only, which matters in the
+    /// article's stem, where the pool sees negative values.
     fn max_pool(&mut self, name: &str, x: OutletId) -> Result<OutletId> {
         let c = self.channels(x)?;
         let pool_spec = PoolSpec {
@@ -196,11 +349,13 @@ impl Builder<'_> {
     }
 
     /// One residual block: the stride sits on the first conv of a basic block and on the 3x3 of a
-    /// bottleneck (torchvision's "ResNet v1.5"); the shortcut is the identity or the 1x1
-    /// projection `downsample` (the paper's option B).
+    /// bottleneck (torchvision's "ResNet v1.5", and the article's); the shortcut is the
+    /// identity or the 1x1 projection `downsample`/`shortcut` (the paper's option B). The
+    /// article ReLUs the branch before the add too (`relu(relu(bn2(conv2(x))) + shortcut)`).
     fn block(&mut self, prefix: &str, x: OutletId, stride: usize) -> Result<OutletId> {
         let mut y = x;
         let convs = self.config.block.convs();
+        let relu_before_add = self.config.layout == ResNetLayout::Article;
         for i in 1..=convs {
             let s = match self.config.block {
                 BlockKind::Basic if i == 1 => stride,
@@ -212,20 +367,12 @@ impl Builder<'_> {
                 &format!("{prefix}.bn{i}"),
                 y,
                 s,
-                i < convs,
+                i < convs || relu_before_add,
             )?;
         }
-        let shortcut = if self
-            .weights
-            .contains(&format!("{prefix}.downsample.0.weight"))
-        {
-            self.conv_bn(
-                &format!("{prefix}.downsample.0"),
-                &format!("{prefix}.downsample.1"),
-                x,
-                stride,
-                false,
-            )?
+        let (conv, bn) = self.config.layout.shortcut(prefix);
+        let shortcut = if self.weights.contains(&format!("{conv}.weight")) {
+            self.conv_bn(&conv, &bn, x, stride, false)?
         } else {
             x
         };
@@ -240,7 +387,7 @@ impl Builder<'_> {
         if ys != ss {
             return Err(Error::file(
                 self.weights.path(),
-                format!("{prefix}: block output {ys:?} does not match its shortcut {ss:?} (missing {prefix}.downsample?)"),
+                format!("{prefix}: block output {ys:?} does not match its shortcut {ss:?} (missing {conv}?)"),
             ));
         }
         let sum = self
@@ -286,7 +433,7 @@ impl Builder<'_> {
         Ok(y)
     }
 
-    /// `y = x W^T + b`, torchvision's `nn.Linear`.
+    /// `y = x W^T + b`, PyTorch's `nn.Linear`.
     fn linear(&mut self, name: &str, x: OutletId) -> Result<OutletId> {
         let features = self.channels(x)?;
         let classes = self.config.num_classes;

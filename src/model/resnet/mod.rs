@@ -4,7 +4,9 @@
 //! Structure follows He et al., "Deep Residual Learning for Image Recognition" (2015), table 1:
 //! a 7x7/2 stem and 3x3/2 max-pool, four stages of basic (3x3-3x3) or bottleneck (1x1-3x3-1x1)
 //! blocks, global average pool and one fully connected layer. Keys follow torchvision's (and
-//! timm's) module paths, `layer3.22.conv3.weight`, like candle's `resnet.rs`.
+//! timm's) module paths, `layer3.22.conv3.weight`, like candle's `resnet.rs`, or the seed
+//! article's own classes ([`ResNetLayout::Article`]), which name and wire the same net
+//! differently.
 
 pub mod builder;
 
@@ -36,6 +38,80 @@ impl BlockKind {
     }
 }
 
+/// Whose module names and wiring a checkpoint follows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ResNetLayout {
+    /// torchvision/timm: `conv1`/`bn1` stem, convs without bias, `downsample.0/1` shortcut,
+    /// ReLU only after the residual add.
+    Torchvision,
+    /// The seed article's `ResNet18`/`ResBlock`/`ResBottleneckBlock`: stem `layer0` is conv
+    /// (with bias) -> max-pool -> BN -> ReLU, every conv has a bias, a block's branch is ReLU'd
+    /// before the add as well as after, shortcut `shortcut.0/1`, pooling `gap`.
+    Article,
+}
+
+impl ResNetLayout {
+    pub fn name(self) -> &'static str {
+        match self {
+            ResNetLayout::Torchvision => "torchvision",
+            ResNetLayout::Article => "article",
+        }
+    }
+
+    /// Keys only the article's layout has (`layer0.*`, `*.shortcut.*`) against keys only
+    /// torchvision's has (`conv1.*`, `bn1.*`, `*.downsample.*`). A checkpoint with both is
+    /// refused rather than guessed at: part of it would be read under the wrong wiring.
+    pub fn detect(weights: &StateDict) -> Result<Self> {
+        let counted = |k: &&str| !k.ends_with(".num_batches_tracked");
+        let article: Vec<&str> = weights
+            .keys()
+            .filter(counted)
+            .filter(|k| k.starts_with("layer0.") || k.contains(".shortcut."))
+            .collect();
+        let torchvision: Vec<&str> = weights
+            .keys()
+            .filter(counted)
+            .filter(|k| {
+                k.starts_with("conv1.") || k.starts_with("bn1.") || k.contains(".downsample.")
+            })
+            .collect();
+        match (article.is_empty(), torchvision.is_empty()) {
+            (true, _) => Ok(ResNetLayout::Torchvision),
+            (false, true) => Ok(ResNetLayout::Article),
+            (false, false) => Err(Error::file(
+                weights.path(),
+                format!(
+                    "mixes two ResNet layouts: torchvision's keys {} and the article's keys {}; \
+                     rename them to one layout (--layout picks one and reports the rest)",
+                    key_list(&torchvision),
+                    key_list(&article)
+                ),
+            )),
+        }
+    }
+
+    /// The projection shortcut's conv and BN module paths in block `prefix`.
+    pub fn shortcut(self, prefix: &str) -> (String, String) {
+        let name = match self {
+            ResNetLayout::Torchvision => "downsample",
+            ResNetLayout::Article => "shortcut",
+        };
+        (format!("{prefix}.{name}.0"), format!("{prefix}.{name}.1"))
+    }
+
+    /// The article's convs keep PyTorch's default `bias=True`; torchvision's have none.
+    pub fn conv_bias(self) -> bool {
+        self == ResNetLayout::Article
+    }
+}
+
+impl fmt::Display for ResNetLayout {
+    fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
 /// The standard depths of the paper's table 1: name, block kind, blocks per stage.
 pub const STANDARD: [(&str, BlockKind, [usize; 4]); 5] = [
     ("resnet18", BlockKind::Basic, [2, 2, 2, 2]),
@@ -54,6 +130,7 @@ pub struct ResNetConfig {
     pub num_classes: usize,
     /// BatchNorm epsilon; a state_dict does not record it, torchvision's default is 1e-5.
     pub bn_eps: f32,
+    pub layout: ResNetLayout,
 }
 
 impl ResNetConfig {
@@ -63,7 +140,12 @@ impl ResNetConfig {
             layers,
             num_classes,
             bn_eps: 1e-5,
+            layout: ResNetLayout::Torchvision,
         }
+    }
+
+    pub fn with_layout(self, layout: ResNetLayout) -> Self {
+        ResNetConfig { layout, ..self }
     }
 
     /// `resnet18` .. `resnet152`.
@@ -95,17 +177,27 @@ impl ResNetConfig {
             .unwrap_or_else(|| format!("resnet-{:?}-{:?}", self.block, self.layers).to_lowercase())
     }
 
-    /// Read block kind, blocks per stage and class count from the checkpoint's keys and shapes:
-    /// `layer1.0.conv3.weight` means bottleneck, the highest `layer3.N.` index gives the count.
+    /// Read layout, block kind, blocks per stage and class count from the checkpoint's keys and
+    /// shapes: `layer1.0.conv3.weight` means bottleneck, the highest `layer3.N.` index gives the
+    /// count (both layouts name blocks alike).
     pub fn detect(weights: &StateDict) -> Result<Self> {
+        Self::detect_as(weights, ResNetLayout::detect(weights)?)
+    }
+
+    /// [`detect`](Self::detect) with the layout given (`--layout`).
+    pub fn detect_as(weights: &StateDict, layout: ResNetLayout) -> Result<Self> {
         let block = if weights.contains("layer1.0.conv3.weight") {
             BlockKind::Bottleneck
         } else if weights.contains("layer1.0.conv2.weight") {
             BlockKind::Basic
         } else {
+            let what = match layout {
+                ResNetLayout::Torchvision => "a torchvision/timm",
+                ResNetLayout::Article => "an article-layout",
+            };
             return Err(Error::file(
                 weights.path(),
-                "not a torchvision/timm ResNet state_dict: no layer1.0.conv2.weight key",
+                format!("not {what} ResNet state_dict: no layer1.0.conv2.weight key"),
             ));
         };
         let mut layers = [0usize; 4];
@@ -136,7 +228,14 @@ impl ResNetConfig {
             }
             None => return Err(Error::file(weights.path(), "missing key fc.weight")),
         };
-        Ok(ResNetConfig::new(block, layers, num_classes))
+        Ok(ResNetConfig::new(block, layers, num_classes).with_layout(layout))
+    }
+
+    /// Whether block `b` of `stage` (0-based) must have a projection shortcut: where it strides
+    /// (first block of stages 2-4) or changes width (a bottleneck's first block, 64 -> 256).
+    /// The article's bottleneck adds one exactly when `downsample or in != out`: the same set.
+    fn projection_needed(&self, stage: usize, b: usize) -> bool {
+        b == 0 && (stage > 0 || self.block == BlockKind::Bottleneck)
     }
 
     /// Every key this architecture reads from `weights`. The 1x1 projection shortcut
@@ -144,13 +243,20 @@ impl ResNetConfig {
     /// channel change), and also read where a checkpoint supplies it anyway.
     pub fn expected_keys(&self, weights: &StateDict) -> Vec<String> {
         let mut keys = Vec::new();
+        let bias = self.layout.conv_bias();
         let conv_bn = |conv: &str, bn: &str, keys: &mut Vec<String>| {
             keys.push(format!("{conv}.weight"));
+            if bias {
+                keys.push(format!("{conv}.bias"));
+            }
             for p in ["weight", "bias", "running_mean", "running_var"] {
                 keys.push(format!("{bn}.{p}"));
             }
         };
-        conv_bn("conv1", "bn1", &mut keys);
+        match self.layout {
+            ResNetLayout::Torchvision => conv_bn("conv1", "bn1", &mut keys),
+            ResNetLayout::Article => conv_bn("layer0.0", "layer0.2", &mut keys),
+        }
         for (stage, &blocks) in self.layers.iter().enumerate() {
             for b in 0..blocks {
                 let prefix = format!("layer{}.{b}", stage + 1);
@@ -161,14 +267,9 @@ impl ResNetConfig {
                         &mut keys,
                     );
                 }
-                let projection_needed =
-                    b == 0 && (stage > 0 || self.block == BlockKind::Bottleneck);
-                if projection_needed || weights.contains(&format!("{prefix}.downsample.0.weight")) {
-                    conv_bn(
-                        &format!("{prefix}.downsample.0"),
-                        &format!("{prefix}.downsample.1"),
-                        &mut keys,
-                    );
+                let (conv, bn) = self.layout.shortcut(&prefix);
+                if self.projection_needed(stage, b) || weights.contains(&format!("{conv}.weight")) {
+                    conv_bn(&conv, &bn, &mut keys);
                 }
             }
         }
@@ -211,17 +312,89 @@ impl ResNetConfig {
             Err(Error::file(weights.path(), problems.join("; ")))
         }
     }
+
+    /// Every weight's shape as the article's classes would make it, widths taken from each
+    /// block's own convs (weight dim 0) so reduced-width models load too. All mismatches are
+    /// named at once; the builder alone would stop at the first, and would run a wrong odd
+    /// kernel (5x5 for 3x3) without complaint. Call after [`check_keys`](Self::check_keys).
+    pub fn check_article_shapes(&self, weights: &StateDict) -> Result<()> {
+        let dim = |key: &str, i: usize| {
+            weights
+                .shape(&format!("{key}.weight"))
+                .and_then(|s| s.get(i).copied())
+                .unwrap_or(0)
+        };
+        let mut want: Vec<(String, Vec<usize>)> = Vec::new();
+        let mut conv_bn = |conv: &str, bn: &str, out: usize, input: usize, k: usize| {
+            want.push((format!("{conv}.weight"), vec![out, input, k, k]));
+            want.push((format!("{conv}.bias"), vec![out]));
+            for p in ["weight", "bias", "running_mean", "running_var"] {
+                want.push((format!("{bn}.{p}"), vec![out]));
+            }
+        };
+        let mut channels = dim("layer0.0", 0);
+        conv_bn("layer0.0", "layer0.2", channels, dim("layer0.0", 1), 7);
+        for (stage, &blocks) in self.layers.iter().enumerate() {
+            for b in 0..blocks {
+                let p = format!("layer{}.{b}", stage + 1);
+                let out = match self.block {
+                    BlockKind::Basic => {
+                        let out = dim(&format!("{p}.conv2"), 0);
+                        conv_bn(&format!("{p}.conv1"), &format!("{p}.bn1"), out, channels, 3);
+                        conv_bn(&format!("{p}.conv2"), &format!("{p}.bn2"), out, out, 3);
+                        out
+                    }
+                    BlockKind::Bottleneck => {
+                        let mid = dim(&format!("{p}.conv1"), 0);
+                        let out = dim(&format!("{p}.conv3"), 0);
+                        conv_bn(&format!("{p}.conv1"), &format!("{p}.bn1"), mid, channels, 1);
+                        conv_bn(&format!("{p}.conv2"), &format!("{p}.bn2"), mid, mid, 3);
+                        conv_bn(&format!("{p}.conv3"), &format!("{p}.bn3"), out, mid, 1);
+                        out
+                    }
+                };
+                let (conv, bn) = self.layout.shortcut(&p);
+                if weights.contains(&format!("{conv}.weight")) {
+                    conv_bn(&conv, &bn, out, channels, 1);
+                }
+                channels = out;
+            }
+        }
+        want.push(("fc.weight".into(), vec![self.num_classes, channels]));
+        want.push(("fc.bias".into(), vec![self.num_classes]));
+        let wrong: Vec<String> = want
+            .iter()
+            .filter_map(|(key, shape)| match weights.shape(key) {
+                Some(got) if got == shape.as_slice() => None,
+                Some(got) => Some(format!("{key} {got:?} (expected {shape:?})")),
+                None => Some(format!("{key} missing")),
+            })
+            .collect();
+        if wrong.is_empty() {
+            return Ok(());
+        }
+        let wrong: Vec<&str> = wrong.iter().map(String::as_str).collect();
+        Err(Error::file(
+            weights.path(),
+            format!(
+                "wrong shapes for the article's {}: {}",
+                self.arch_name(),
+                key_list(&wrong)
+            ),
+        ))
+    }
 }
 
 impl fmt::Display for ResNetConfig {
     fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
         write!(
             f,
-            "{} ({:?} blocks {:?}, {} classes)",
+            "{} ({:?} blocks {:?}, {} classes, {} layout)",
             self.arch_name(),
             self.block,
             self.layers,
-            self.num_classes
+            self.num_classes,
+            self.layout
         )
     }
 }
