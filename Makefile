@@ -1,5 +1,5 @@
 # Two entry points do all set-up on a fresh machine (see README):
-#   make demo   fetch the real pretrained models and classify the bundled photos
+#   make demo   fetch the real pretrained models, run the camera loop over the bundled photos
 #   make test   fetch what the tests need and run every check and test
 #
 # Builds go to a target dir outside the clone so CI and later clones reuse it.
@@ -17,7 +17,7 @@ $(PY):
 models: $(PY)
 	PYTHON=$(PY) bash models/fetch_models.sh models/real
 
-PHOTOS := $(wildcard models/photos/*.png models/photos/*.jpg)
+
 # The camera loop over the bundled photos writes annotated frames and JSONL logs here.
 DEMO_OUT ?= demo-out
 
@@ -34,6 +34,7 @@ check:
 
 test: models check
 	cargo test --no-fail-fast
+	bash targets/cross-test.sh --install -- --lib --test library_classify
 
 # ---- Device binaries (ARM cross builds; see targets/*.toml, .cargo/config.toml) ----
 #   make device TARGET=pi5                 release binary for a profile in targets/

@@ -38,6 +38,21 @@ pub enum Command {
     /// Classify camera frames (or a folder, recording or test pattern) continuously, with an
     /// overlay, a results log and a summary on exit.
     Camera(CameraArgs),
+    /// What this device is and how tract will run on it: CPU, NEON/FP16/dot-product, kernel
+    /// family, threads, and warnings (e.g. f16 on a core without FP16 arithmetic).
+    Doctor(DoctorArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct DoctorArgs {
+    /// The precision you intend to run, to be warned if this CPU handles it badly.
+    #[arg(long)]
+    pub precision: Option<resnet_edge::device::Precision>,
+    /// Threads you intend to use; 0 = all cores.
+    #[arg(long, default_value_t = 0)]
+    pub threads: usize,
+    #[arg(long, value_enum, default_value_t = Format::Text)]
+    pub format: Format,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -176,7 +191,22 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Bench(args) => bench(args),
         Command::Profile(args) => profile(args),
         Command::Camera(args) => camera(args),
+        Command::Doctor(args) => doctor(args),
     }
+}
+
+fn doctor(args: DoctorArgs) -> Result<()> {
+    use resnet_edge::device;
+    let request = device::Request {
+        precision: args.precision,
+        threads: Some(args.threads),
+    };
+    let report = device::report_for(&request);
+    match args.format {
+        Format::Json => println!("{}", to_json(&report)?),
+        Format::Text => print!("{report}"),
+    }
+    Ok(())
 }
 
 fn info(args: InfoArgs) -> Result<()> {

@@ -105,7 +105,9 @@ impl CpuInfo {
         let mut hardware = None;
         let mut model_name = None;
         for line in text.lines() {
-            let Some((key, value)) = line.split_once(':') else { continue };
+            let Some((key, value)) = line.split_once(':') else {
+                continue;
+            };
             let key = key.trim();
             let value = value.trim();
             match key {
@@ -141,7 +143,11 @@ impl CpuInfo {
             info.board = hardware;
         }
         let implementer = info.implementer.clone().unwrap_or_default();
-        info.cores = info.parts.iter().map(|p| part_name(&implementer, p)).collect();
+        info.cores = info
+            .parts
+            .iter()
+            .map(|p| part_name(&implementer, p))
+            .collect();
         let has = |f: &str| info.features.iter().any(|x| x == f);
         info.arch = if info.implementer.is_some() || info.architecture.is_some() {
             // 64-bit feature names (asimd) only appear to a 64-bit process; a 32-bit process
@@ -231,7 +237,10 @@ pub struct KernelChoice {
 
 impl KernelChoice {
     pub fn new(name: &str) -> KernelChoice {
-        KernelChoice { name: name.to_string(), family: kernel_family(name) }
+        KernelChoice {
+            name: name.to_string(),
+            family: kernel_family(name),
+        }
     }
 
     /// True for tract's portable Rust kernels (no SIMD kernel for this type on this CPU).
@@ -297,7 +306,9 @@ impl Kernels {
             } else {
                 Query::plain(dt, Some(m), Some(k), Some(n))
             };
-            MmmDispatch::native().pick(&query).map(|(mmm, _, _)| KernelChoice::new(mmm.name()))
+            MmmDispatch::native()
+                .pick(&query)
+                .map(|(mmm, _, _)| KernelChoice::new(mmm.name()))
         };
         Kernels {
             f32_conv: pick(DatumType::F32, CONV_SHAPE),
@@ -427,7 +438,10 @@ const PROFILE_SOURCES: &[(&str, &str)] = &[
 /// Every profile in `targets/` (compiled in). A file that fails to parse is skipped here and
 /// caught by the unit tests.
 pub fn profiles() -> Vec<DeviceProfile> {
-    PROFILE_SOURCES.iter().filter_map(|(_, text)| toml::from_str(text).ok()).collect()
+    PROFILE_SOURCES
+        .iter()
+        .filter_map(|(_, text)| toml::from_str(text).ok())
+        .collect()
 }
 
 pub fn profile(name: &str) -> Option<DeviceProfile> {
@@ -445,7 +459,8 @@ pub fn matching_profile(arch: &str, cpu: &CpuInfo) -> Option<DeviceProfile> {
     }
     // tract itself keys on the largest part number (the big core on big.LITTLE).
     let part = cpu.parts.iter().max()?;
-    all.into_iter().find(|p| p.triple.starts_with("aarch64") && p.cpu_part.as_deref() == Some(part))
+    all.into_iter()
+        .find(|p| p.triple.starts_with("aarch64") && p.cpu_part.as_deref() == Some(part))
 }
 
 /// Everything `resnet-edge doctor` prints.
@@ -491,7 +506,9 @@ impl Observed {
     pub fn native() -> Observed {
         let read = |path: &str| {
             std::fs::read(path).ok().map(|b| {
-                String::from_utf8_lossy(&b).trim_end_matches(['\0', '\n', ' ']).to_string()
+                String::from_utf8_lossy(&b)
+                    .trim_end_matches(['\0', '\n', ' '])
+                    .to_string()
             })
         };
         Observed {
@@ -501,7 +518,9 @@ impl Observed {
             device_tree_model: read("/proc/device-tree/model").filter(|s| !s.is_empty()),
             tract: TractCpu::native(),
             kernels: Kernels::native(),
-            available_cores: std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+            available_cores: std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1),
             overrides: TRACT_CPU_KNOBS
                 .iter()
                 .filter_map(|k| std::env::var(k).ok().map(|v| (k.to_string(), v)))
@@ -518,10 +537,20 @@ fn build_target() -> String {
     } else {
         ""
     };
-    let abi = if cfg!(all(target_arch = "arm", target_abi = "eabihf")) { "eabihf" } else { "" };
-    format!("{}-{}-{}{}", std::env::consts::ARCH, std::env::consts::OS, env, abi)
-        .trim_end_matches('-')
-        .to_string()
+    let abi = if cfg!(all(target_arch = "arm", target_abi = "eabihf")) {
+        "eabihf"
+    } else {
+        ""
+    };
+    format!(
+        "{}-{}-{}{}",
+        std::env::consts::ARCH,
+        std::env::consts::OS,
+        env,
+        abi
+    )
+    .trim_end_matches('-')
+    .to_string()
 }
 
 /// The report for this machine, with no particular request.
@@ -537,7 +566,11 @@ pub fn report_for(request: &Request) -> DeviceReport {
 impl DeviceReport {
     pub fn from_observed(obs: Observed, request: &Request) -> DeviceReport {
         let mut warnings = vec![];
-        let mut cpu = obs.cpuinfo.as_deref().map(CpuInfo::parse).unwrap_or_default();
+        let mut cpu = obs
+            .cpuinfo
+            .as_deref()
+            .map(CpuInfo::parse)
+            .unwrap_or_default();
         if obs.cpuinfo.is_none() && cfg!(target_os = "linux") {
             warnings.push(
                 "could not read /proc/cpuinfo: tract cannot see the CPU part or its FP16 flag, and \
@@ -559,7 +592,11 @@ impl DeviceReport {
             ));
         }
 
-        let profile = if foreign { None } else { matching_profile(&obs.arch, &cpu) };
+        let profile = if foreign {
+            None
+        } else {
+            matching_profile(&obs.arch, &cpu)
+        };
         let available = obs.available_cores.max(1);
         let threads = match request.threads {
             Some(n) if n > 0 => n,
@@ -628,8 +665,15 @@ impl DeviceReport {
             }
         }
         if !obs.overrides.is_empty() {
-            let list: Vec<String> = obs.overrides.iter().map(|(k, v)| format!("{k}={v}")).collect();
-            warnings.push(format!("tract CPU detection overridden: {}", list.join(" ")));
+            let list: Vec<String> = obs
+                .overrides
+                .iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect();
+            warnings.push(format!(
+                "tract CPU detection overridden: {}",
+                list.join(" ")
+            ));
         }
         if let Some(conv) = obs.kernels.conv(precision) {
             if conv.is_portable() && obs.arch != "x86_64" {
@@ -647,8 +691,10 @@ impl DeviceReport {
             .or(obs.kernels.f32_conv.as_ref())
             .map(|k| k.family.clone())
             .unwrap_or_else(|| "none".to_string());
-        let recommended_threads =
-            profile.as_ref().map(|p| p.threads.min(available)).unwrap_or(available);
+        let recommended_threads = profile
+            .as_ref()
+            .map(|p| p.threads.min(available))
+            .unwrap_or(available);
 
         DeviceReport {
             arch: obs.arch,
@@ -704,7 +750,11 @@ impl fmt::Display for DeviceReport {
         ];
         for (label, k) in rows {
             let text = k.as_ref().map(|k| format!("{} [{}]", k.name, k.family));
-            writeln!(f, "  {label:<10}  {}", text.unwrap_or_else(|| "none".into()))?;
+            writeln!(
+                f,
+                "  {label:<10}  {}",
+                text.unwrap_or_else(|| "none".into())
+            )?;
         }
         writeln!(f, "threads:       {}", self.threads)?;
         match &self.profile {
@@ -952,7 +1002,14 @@ flags\t\t: fpu vme de pse tsc msr sse sse2 lm avx avx2 fma
 
     #[test]
     fn garbage_never_panics() {
-        for text in ["", ":", "\n\n:::\n", "CPU part\t:", "Features", "processor: x\u{0}\u{ff}"] {
+        for text in [
+            "",
+            ":",
+            "\n\n:::\n",
+            "CPU part\t:",
+            "Features",
+            "processor: x\u{0}\u{ff}",
+        ] {
             let cpu = CpuInfo::parse(text);
             let _ = matching_profile("aarch64", &cpu);
         }
@@ -970,13 +1027,25 @@ flags\t\t: fpu vme de pse tsc msr sse sse2 lm avx avx2 fma
             "arm64simd_mmm_i32_8x8",
         );
         let obs = aarch64(PI4_A72, false, false, k);
-        let req = Request { precision: Some(Precision::F16), threads: None };
+        let req = Request {
+            precision: Some(Precision::F16),
+            threads: None,
+        };
         let report = DeviceReport::from_observed(obs, &req);
         assert_eq!(report.profile.as_deref(), Some("pi4"));
         assert_eq!(report.recommended_precision, Precision::F32);
-        assert!(report.warnings.iter().any(|w| w.starts_with("f16 requested")), "{report}");
+        assert!(
+            report
+                .warnings
+                .iter()
+                .any(|w| w.starts_with("f16 requested")),
+            "{report}"
+        );
         assert_eq!(report.kernel_family, "arm64simd (generic)");
-        assert!(!report.warnings.iter().any(|w| w.contains("portable")), "{report}");
+        assert!(
+            !report.warnings.iter().any(|w| w.contains("portable")),
+            "{report}"
+        );
     }
 
     #[test]
@@ -989,7 +1058,10 @@ flags\t\t: fpu vme de pse tsc msr sse sse2 lm avx avx2 fma
         let report = DeviceReport::from_observed(obs, &Request::default());
         let all = report.warnings.join("\n");
         assert!(all.contains("no NEON"), "{all}");
-        assert!(all.contains("portable Rust kernel generic_f32_4x4"), "{all}");
+        assert!(
+            all.contains("portable Rust kernel generic_f32_4x4"),
+            "{all}"
+        );
         assert!(all.contains("32-bit build"), "{all}");
         assert_eq!(report.profile.as_deref(), Some("armv7"));
     }
@@ -1002,7 +1074,10 @@ flags\t\t: fpu vme de pse tsc msr sse sse2 lm avx avx2 fma
             "arm64simd_mmm_i32_8x8_dot",
         );
         let obs = aarch64(PI5_A76, true, true, k);
-        let req = Request { precision: Some(Precision::F16), threads: Some(4) };
+        let req = Request {
+            precision: Some(Precision::F16),
+            threads: Some(4),
+        };
         let report = DeviceReport::from_observed(obs, &req);
         assert_eq!(report.profile.as_deref(), Some("pi5"));
         assert_eq!(report.recommended_precision, Precision::F16);
@@ -1010,19 +1085,35 @@ flags\t\t: fpu vme de pse tsc msr sse sse2 lm avx avx2 fma
         assert!(report.warnings.is_empty(), "{:?}", report.warnings);
         assert_eq!(report.kernel_family, "arm64fp16 (generic)");
         let text = report.to_string();
-        assert!(text.contains("FP16 arithmetic yes, dot product yes"), "{text}");
+        assert!(
+            text.contains("FP16 arithmetic yes, dot product yes"),
+            "{text}"
+        );
         let json = serde_json::to_value(&report).unwrap();
-        assert_eq!(json["kernels"]["i8_conv"]["family"], "arm64simd (dot product)");
+        assert_eq!(
+            json["kernels"]["i8_conv"]["family"],
+            "arm64simd (dot product)"
+        );
         assert_eq!(json["recommended_precision"], "f16");
     }
 
     #[test]
     fn hidden_fp16_and_too_many_threads_warn() {
-        let k = kernels("arm64simd_mmm_f32_8x8_gen", "generic_f16_4x4", "arm64simd_mmm_i32_8x8");
+        let k = kernels(
+            "arm64simd_mmm_f32_8x8_gen",
+            "generic_f16_4x4",
+            "arm64simd_mmm_i32_8x8",
+        );
         let mut obs = aarch64(PI5_A76, false, false, k);
-        obs.overrides.insert("TRACT_CPU_ISA".into(), "-fp16,-dotprod".into());
-        let report =
-            DeviceReport::from_observed(obs, &Request { precision: None, threads: Some(16) });
+        obs.overrides
+            .insert("TRACT_CPU_ISA".into(), "-fp16,-dotprod".into());
+        let report = DeviceReport::from_observed(
+            obs,
+            &Request {
+                precision: None,
+                threads: Some(16),
+            },
+        );
         let all = report.warnings.join("\n");
         assert!(all.contains("asimdhp"), "{all}");
         assert!(all.contains("asimddp"), "{all}");
@@ -1036,25 +1127,50 @@ flags\t\t: fpu vme de pse tsc msr sse sse2 lm avx avx2 fma
         let obs = aarch64(X86, false, false, Kernels::default());
         let report = DeviceReport::from_observed(obs, &Request::default());
         assert!(report.profile.is_none());
-        assert!(report.warnings.iter().any(|w| w.contains("emulation")), "{:?}", report.warnings);
+        assert!(
+            report.warnings.iter().any(|w| w.contains("emulation")),
+            "{:?}",
+            report.warnings
+        );
     }
 
     #[test]
     fn kernel_families() {
-        assert_eq!(kernel_family("arm64simd_mmm_f32_12x8_a53"), "arm64simd (cortex-a53 tuned)");
-        assert_eq!(kernel_family("arm64simd_mmm_f32_8x8_gen"), "arm64simd (generic)");
-        assert_eq!(kernel_family("arm64fp16_mmm_f16_16x8_gen"), "arm64fp16 (generic)");
+        assert_eq!(
+            kernel_family("arm64simd_mmm_f32_12x8_a53"),
+            "arm64simd (cortex-a53 tuned)"
+        );
+        assert_eq!(
+            kernel_family("arm64simd_mmm_f32_8x8_gen"),
+            "arm64simd (generic)"
+        );
+        assert_eq!(
+            kernel_family("arm64fp16_mmm_f16_16x8_gen"),
+            "arm64fp16 (generic)"
+        );
         assert_eq!(kernel_family("arm64simd_mmm_i32_8x8"), "arm64simd");
-        assert_eq!(kernel_family("armv7neon_mmm_f32_8x6_generic"), "armv7neon (generic)");
-        assert_eq!(kernel_family("armv7neon_mmm_f32_32x1_cortexa7"), "armv7neon (cortex-a7 tuned)");
+        assert_eq!(
+            kernel_family("armv7neon_mmm_f32_8x6_generic"),
+            "armv7neon (generic)"
+        );
+        assert_eq!(
+            kernel_family("armv7neon_mmm_f32_32x1_cortexa7"),
+            "armv7neon (cortex-a7 tuned)"
+        );
         assert_eq!(kernel_family("generic_f32_4x4"), "generic (portable Rust)");
         assert_eq!(kernel_family("fma_mmm_f32_16x6"), "fma");
     }
 
     #[test]
     fn globs() {
-        assert!(glob_match("arm64simd_mmm_f32_*_a53", "arm64simd_mmm_f32_12x8_a53"));
-        assert!(!glob_match("arm64simd_mmm_f32_*_a53", "arm64simd_mmm_f32_8x8_gen"));
+        assert!(glob_match(
+            "arm64simd_mmm_f32_*_a53",
+            "arm64simd_mmm_f32_12x8_a53"
+        ));
+        assert!(!glob_match(
+            "arm64simd_mmm_f32_*_a53",
+            "arm64simd_mmm_f32_8x8_gen"
+        ));
         assert!(glob_match("abc", "abc") && !glob_match("abc", "abcd"));
         assert!(glob_match("a*b*c", "aXbYc") && !glob_match("a*b*c", "ac"));
         assert!(glob_match("*", ""));
@@ -1069,13 +1185,21 @@ flags\t\t: fpu vme de pse tsc msr sse sse2 lm avx avx2 fma
             assert_eq!(&p.name, name);
             assert!(p.threads >= 1 && p.threads <= p.cores, "{name}");
             assert!(
-                ["aarch64-unknown-linux-musl", "aarch64-unknown-linux-gnu", "armv7-unknown-linux-gnueabihf"]
-                    .contains(&p.triple.as_str()),
+                [
+                    "aarch64-unknown-linux-musl",
+                    "aarch64-unknown-linux-gnu",
+                    "armv7-unknown-linux-gnueabihf"
+                ]
+                .contains(&p.triple.as_str()),
                 "{name}: {}",
                 p.triple
             );
             let fp16 = p.features.iter().any(|f| f == "fp16");
-            assert_eq!(p.precision == Precision::F16, fp16, "{name}: f16 needs FP16 arithmetic");
+            assert_eq!(
+                p.precision == Precision::F16,
+                fp16,
+                "{name}: f16 needs FP16 arithmetic"
+            );
             for key in p.kernels.keys() {
                 assert!(
                     ["f32_conv", "f32_fc", "f16_conv", "f16_fc", "i8_conv"].contains(&key.as_str()),
@@ -1083,7 +1207,10 @@ flags\t\t: fpu vme de pse tsc msr sse sse2 lm avx avx2 fma
                 );
             }
             if let Some(part) = &p.cpu_part {
-                assert!(!part_name("0x41", part).starts_with("unknown"), "{name}: {part}");
+                assert!(
+                    !part_name("0x41", part).starts_with("unknown"),
+                    "{name}: {part}"
+                );
             }
         }
     }
@@ -1102,16 +1229,32 @@ flags\t\t: fpu vme de pse tsc msr sse sse2 lm avx avx2 fma
         use tract_core::ops::matmul::optimized::OptMatMul;
 
         let values = |len: usize, seed: usize| -> Vec<f32> {
-            (0..len).map(|i| ((i * 7919 + seed * 104_729) % 201) as f32 / 100.0 - 1.0).collect()
+            (0..len)
+                .map(|i| ((i * 7919 + seed * 104_729) % 201) as f32 / 100.0 - 1.0)
+                .collect()
         };
-        let a = Tensor::from_shape(&[m, k], &values(m * k, 1)).unwrap().cast_to_dt(dt).unwrap().into_owned();
-        let b = Tensor::from_shape(&[k, n], &values(k * n, 2)).unwrap().cast_to_dt(dt).unwrap().into_owned();
+        let a = Tensor::from_shape(&[m, k], &values(m * k, 1))
+            .unwrap()
+            .cast_to_dt(dt)
+            .unwrap()
+            .into_owned();
+        let b = Tensor::from_shape(&[k, n], &values(k * n, 2))
+            .unwrap()
+            .cast_to_dt(dt)
+            .unwrap()
+            .into_owned();
 
         let mut model = TypedModel::default();
         let wa = model.add_const("weights", a.clone()).unwrap();
-        let wb = model.add_source("input", TypedFact::dt_shape(dt, [k, n])).unwrap();
+        let wb = model
+            .add_source("input", TypedFact::dt_shape(dt, [k, n]))
+            .unwrap();
         let out = model
-            .wire_node("matmul", EinSum::new("mk,kn->mn".parse().unwrap(), dt), &[wa, wb])
+            .wire_node(
+                "matmul",
+                EinSum::new("mk,kn->mn".parse().unwrap(), dt),
+                &[wa, wb],
+            )
             .unwrap();
         model.select_output_outlets(&out).unwrap();
         let model = model.into_optimized().unwrap();
@@ -1121,10 +1264,18 @@ flags\t\t: fpu vme de pse tsc msr sse sse2 lm avx avx2 fma
             .filter_map(|node| node.op_as::<OptMatMul>())
             .flat_map(|op| op.mmm.iter().map(|mmm| mmm.name().to_string()))
             .collect();
-        let result = model.into_runnable().unwrap().run(tvec!(b.clone().into_tvalue())).unwrap();
+        let result = model
+            .into_runnable()
+            .unwrap()
+            .run(tvec!(b.clone().into_tvalue()))
+            .unwrap();
         let plain = |t: &Tensor| -> Vec<f32> {
             let t = t.cast_to::<f32>().unwrap();
-            t.to_plain_array_view::<f32>().unwrap().iter().copied().collect()
+            t.to_plain_array_view::<f32>()
+                .unwrap()
+                .iter()
+                .copied()
+                .collect()
         };
         let (a, b, c) = (plain(&a), plain(&b), plain(&result[0]));
         assert_eq!(c.len(), m * n);
@@ -1147,7 +1298,9 @@ flags\t\t: fpu vme de pse tsc msr sse sse2 lm avx avx2 fma
     /// is what proves the A53, generic and FP16 paths compute, not just that they are selected.
     #[test]
     fn optimised_matmuls_are_accurate() {
-        let expect = std::env::var("RESNET_EDGE_EXPECT_PROFILE").ok().and_then(|p| profile(&p));
+        let expect = std::env::var("RESNET_EDGE_EXPECT_PROFILE")
+            .ok()
+            .and_then(|p| profile(&p));
         let cases = [
             (DatumType::F32, SMALL_CONV, "f32_conv", 1e-5),
             (DatumType::F32, SMALL_FC, "f32_fc", 1e-5),
@@ -1158,7 +1311,10 @@ flags\t\t: fpu vme de pse tsc msr sse sse2 lm avx avx2 fma
         for (dt, shape, key, tolerance) in cases {
             let (kernels, err) = optimised_matmul(dt, shape);
             println!("{key} {shape:?}: kernels {kernels:?}, relative error {err:.2e}");
-            assert!(err <= tolerance, "{key}: error {err:e} above {tolerance:e} with {kernels:?}");
+            assert!(
+                err <= tolerance,
+                "{key}: error {err:e} above {tolerance:e} with {kernels:?}"
+            );
             if let Some(pattern) = expect.as_ref().and_then(|p| p.kernels.get(key)) {
                 assert!(
                     kernels.iter().any(|k| glob_match(pattern, k)),
@@ -1177,12 +1333,21 @@ flags\t\t: fpu vme de pse tsc msr sse sse2 lm avx avx2 fma
         let report = report();
         let text = report.to_string();
         assert!(text.contains("kernel family:"));
-        let Ok(name) = std::env::var("RESNET_EDGE_EXPECT_PROFILE") else { return };
+        let Ok(name) = std::env::var("RESNET_EDGE_EXPECT_PROFILE") else {
+            return;
+        };
         let profile = profile(&name).unwrap_or_else(|| panic!("no profile {name}"));
         println!("{text}");
         for (key, pattern) in &profile.kernels {
-            let got = report.kernels.get(key).map(|k| k.name.clone()).unwrap_or_default();
-            assert!(glob_match(pattern, &got), "{name}: {key} is {got}, profile says {pattern}");
+            let got = report
+                .kernels
+                .get(key)
+                .map(|k| k.name.clone())
+                .unwrap_or_default();
+            assert!(
+                glob_match(pattern, &got),
+                "{name}: {key} is {got}, profile says {pattern}"
+            );
         }
         for feature in &profile.features {
             let have = match feature.as_str() {
@@ -1193,9 +1358,17 @@ flags\t\t: fpu vme de pse tsc msr sse sse2 lm avx avx2 fma
             };
             assert!(have, "{name}: tract does not detect {feature}");
         }
-        assert_eq!(report.tract.fp16, profile.features.iter().any(|f| f == "fp16"), "{name}");
+        assert_eq!(
+            report.tract.fp16,
+            profile.features.iter().any(|f| f == "fp16"),
+            "{name}"
+        );
         if let Some(kind) = &report.tract.kind {
-            let expected = profile.emulate.tract_kind.as_ref().unwrap_or(&profile.tract_kind);
+            let expected = profile
+                .emulate
+                .tract_kind
+                .as_ref()
+                .unwrap_or(&profile.tract_kind);
             assert_eq!(kind, expected, "{name}");
         }
     }

@@ -7,6 +7,7 @@
 
 pub mod bench;
 pub mod classifier;
+pub mod device;
 pub mod error;
 pub mod info;
 pub mod labels;

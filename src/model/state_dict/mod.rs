@@ -626,7 +626,8 @@ mod tests {
                 "needs 4000000000",
             ),
             (
-                r#"{"a":{"dtype":"F32","shape":[4294967296,4294967296,4294967296],"data_offsets":[0,8]}}"#,
+                // Each dim fits a 32-bit usize; the product overflows on 32- and 64-bit alike.
+                r#"{"a":{"dtype":"F32","shape":[65536,65536,65536,65536],"data_offsets":[0,8]}}"#,
                 "overflows",
             ),
             (

@@ -1,0 +1,105 @@
+//! Classification through the library API, without spawning the binary, so the same test runs
+//! on ARM under qemu-user (`targets/cross-test.sh -- --test library_classify`) and proves the
+//! device build gives PyTorch's logits there too.
+
+use std::path::{Path, PathBuf};
+
+use resnet_edge::classifier::{Classifier, ClassifierOptions};
+use resnet_edge::preprocess::load_image;
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn reference(depth: usize) -> serde_json::Value {
+    let path = root().join(format!("models/fixtures/resnet{depth}/logits.json"));
+    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+}
+
+fn rel_diff(got: &[f32], want: &[f32]) -> f32 {
+    let scale = want.iter().fold(0f32, |m, v| m.max(v.abs()));
+    got.iter()
+        .zip(want)
+        .fold(0f32, |m, (a, b)| m.max((a - b).abs()))
+        / scale
+}
+
+const STEMS: [&str; 3] = ["chelsea", "coffee", "rocket"];
+
+fn check(depth: usize, form: &str, threads: usize) {
+    let model = root().join(format!("models/fixtures/resnet{depth}/{form}"));
+    let options = ClassifierOptions {
+        threads,
+        ..ClassifierOptions::default()
+    };
+    let classifier = Classifier::open(&model, &options).unwrap();
+    let reference = reference(depth);
+    let inputs: Vec<_> = STEMS
+        .iter()
+        .map(|s| {
+            resnet_edge::npy::read_f32(&root().join(format!("models/fixtures/inputs/{s}.npy")))
+                .unwrap()
+        })
+        .collect();
+    let predictions = classifier.classify_preprocessed(&inputs, 3).unwrap();
+    for (stem, p) in STEMS.iter().zip(predictions) {
+        let want: Vec<f32> = reference[*stem]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_f64().unwrap() as f32)
+            .collect();
+        let d = rel_diff(&p.raw, &want);
+        assert!(
+            d < 1e-4,
+            "{} on {stem} ({threads} threads): relative diff {d:e}",
+            model.display()
+        );
+    }
+}
+
+#[test]
+fn onnx_and_state_dict_match_pytorch() {
+    for (depth, form) in [
+        (18, "legacy.onnx"),
+        (18, "bn.onnx"),
+        (50, "dynamo.onnx"),
+        (50, "model.safetensors"),
+        (34, "model.pth"),
+    ] {
+        check(depth, form, 1);
+    }
+    check(18, "model.safetensors", 2);
+}
+
+/// Image file to prediction on the device: same top-1 as PyTorch's logits for that photo.
+#[test]
+fn photo_end_to_end_matches_pytorch_top1() {
+    let model = root().join("models/fixtures/resnet50/model.safetensors");
+    let classifier = Classifier::open(&model, &ClassifierOptions::default()).unwrap();
+    let reference = reference(50);
+    let photos: Vec<_> = ["chelsea.png", "coffee.png"]
+        .iter()
+        .map(|p| root().join("models/photos").join(p))
+        .collect();
+    let images: Vec<_> = photos
+        .iter()
+        .map(|p| load_image(Path::new(p)).unwrap())
+        .collect();
+    for (photo, p) in photos.iter().zip(classifier.classify(&images, 1).unwrap()) {
+        let stem = photo.file_stem().unwrap().to_str().unwrap();
+        let want: Vec<f32> = reference[stem]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_f64().unwrap() as f32)
+            .collect();
+        let best = want
+            .iter()
+            .enumerate()
+            .max_by(|a, b| a.1.total_cmp(b.1))
+            .unwrap()
+            .0;
+        assert_eq!(p.top[0].0, best, "{stem}");
+    }
+}
