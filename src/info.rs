@@ -93,9 +93,9 @@ impl ModelInfo {
     }
 }
 
-/// MACs of a conv (output elements x kernel taps per output) or an einsum (product of all axis
-/// sizes); other ops count as free.
-fn node_macs(model: &TypedModel, node: &TypedNode) -> Option<u64> {
+/// Multiply-accumulates of a conv (output elements x kernel taps per output) or an einsum
+/// (product of all axis sizes), for the whole batch; other ops count as free.
+pub(crate) fn node_macs(model: &TypedModel, node: &TypedNode) -> Option<u64> {
     let facts = model.node_input_facts(node.id).ok()?;
     if let Some(conv) = node.op_as::<Conv>() {
         let out = model
@@ -109,14 +109,20 @@ fn node_macs(model: &TypedModel, node: &TypedNode) -> Option<u64> {
         return Some((out * kernel / conv.output_channels().max(1)) as u64);
     }
     if let Some(einsum) = node.op_as::<EinSum>() {
+        let output = model.outlet_fact(OutletId::new(node.id, 0)).ok()?;
         let mut product = 1u64;
         for axis in einsum.axes.iter_all_axes() {
-            let (input, pos) = axis
+            // An axis only the output has (a broadcast unit axis) is sized there.
+            let size = match axis
                 .inputs
                 .iter()
                 .enumerate()
-                .find_map(|(i, p)| p.first().map(|&p| (i, p)))?;
-            product *= facts.get(input)?.shape[pos].to_usize().ok()? as u64;
+                .find_map(|(i, p)| p.first().map(|&p| (i, p)))
+            {
+                Some((input, pos)) => facts.get(input)?.shape.get(pos)?,
+                None => output.shape.get(*axis.outputs.first()?.first()?)?,
+            };
+            product *= size.to_usize().ok()? as u64;
         }
         return Some(product);
     }

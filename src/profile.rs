@@ -15,12 +15,11 @@ use std::path::Path;
 use std::time::Instant;
 
 use tract_core::internal::*;
-use tract_core::ops::cnn::Conv;
-use tract_core::ops::einsum::EinSum;
 use tract_core::ops::konst::Const;
 use tract_core::ops::matmul::optimized::OptMatMul;
 
 use crate::bench::{csv_cell, f, Machine, MeasureOptions, Precision, Session};
+use crate::info::node_macs;
 use crate::model::{LoadedModel, SourceKind};
 use crate::preprocess::Layout;
 use crate::{Error, Result};
@@ -463,42 +462,6 @@ fn spatial(
         .into_iter()
         .filter(|&hw| mismatch(hw) < 0.25)
         .min_by(|&x, &y| mismatch(x).total_cmp(&mismatch(y)))
-}
-
-/// Multiply-accumulates of a conv (output elements x kernel taps per output) or an einsum
-/// (product of all axis sizes), for the whole batch; other ops count as free.
-fn node_macs(model: &TypedModel, node: &TypedNode) -> Option<u64> {
-    let facts = model.node_input_facts(node.id).ok()?;
-    if let Some(conv) = node.op_as::<Conv>() {
-        let out = model
-            .outlet_fact(OutletId::new(node.id, 0))
-            .ok()?
-            .shape
-            .as_concrete()?
-            .iter()
-            .product::<usize>();
-        let kernel = facts.get(1)?.shape.as_concrete()?.iter().product::<usize>();
-        return Some((out * kernel / conv.output_channels().max(1)) as u64);
-    }
-    if let Some(einsum) = node.op_as::<EinSum>() {
-        let output = model.outlet_fact(OutletId::new(node.id, 0)).ok()?;
-        let mut product = 1u64;
-        for axis in einsum.axes.iter_all_axes() {
-            // An axis only the output has (a broadcast unit axis) is sized there.
-            let size = match axis
-                .inputs
-                .iter()
-                .enumerate()
-                .find_map(|(i, p)| p.first().map(|&p| (i, p)))
-            {
-                Some((input, pos)) => facts.get(input)?.shape.get(pos)?,
-                None => output.shape.get(*axis.outputs.first()?.first()?)?,
-            };
-            product *= size.to_usize().ok()? as u64;
-        }
-        return Some(product);
-    }
-    None
 }
 
 impl ProfileReport {
