@@ -758,14 +758,7 @@ fn inference_stage(
             let outputs = state
                 .run(tvec!(tensor.into()))
                 .map_err(|e| Error::tract("inference", e))?;
-            let output = outputs
-                .first()
-                .ok_or_else(|| Error::usage("the model produced no output"))?
-                .cast_to::<f32>()
-                .map_err(|e| Error::tract("reading the output", e))?;
-            let raw = crate::plan::f32_slice(&output)
-                .map_err(|e| Error::tract("reading the output", e))?
-                .to_vec();
+            let raw = crate::plan::first_output(&outputs)?;
             if !config.simulate_inference.is_zero() {
                 std::thread::sleep(config.simulate_inference);
             }

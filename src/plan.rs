@@ -94,12 +94,7 @@ impl Plan {
             .runnable
             .run(tvec!(input.into()))
             .map_err(|e| Error::tract("inference", e))?;
-        let output = outputs
-            .first()
-            .ok_or_else(|| Error::usage("the model produced no output"))?
-            .cast_to::<f32>()
-            .map_err(|e| Error::tract("reading the output", e))?;
-        let values = f32_slice(&output).map_err(|e| Error::tract("reading the output", e))?;
+        let values = first_output(&outputs)?;
         let batch = self.batch();
         let per_image = values.len() / batch.max(1);
         Ok(values
@@ -107,6 +102,18 @@ impl Plan {
             .map(<[f32]>::to_vec)
             .collect())
     }
+}
+
+/// The model's first output as f32 values, whatever float type it was computed in.
+pub(crate) fn first_output(outputs: &[TValue]) -> Result<Vec<f32>> {
+    let output = outputs
+        .first()
+        .ok_or_else(|| Error::usage("the model produced no output"))?
+        .cast_to::<f32>()
+        .map_err(|e| Error::tract("reading the output", e))?;
+    Ok(f32_slice(&output)
+        .map_err(|e| Error::tract("reading the output", e))?
+        .to_vec())
 }
 
 /// A plain f32 tensor's values (tract 0.23 reaches them through its plain-RAM view).
