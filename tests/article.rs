@@ -18,49 +18,24 @@ fn model_path(depth: usize, form: &str) -> String {
     format!("models/fixtures/article/resnet{depth}/{form}")
 }
 
-fn input_paths() -> Vec<String> {
-    photos()
-        .iter()
-        .map(|p| format!("models/fixtures/inputs/{}.npy", stem(p)))
-        .collect()
-}
-
-/// One model file, all preprocessed photos in one run, each row within 1e-4 relative.
-fn check_against_pytorch(depth: usize, form: &str, extra: &[&str]) {
-    let reference = read_json(&fixtures().join(format!("article/resnet{depth}/logits.json")));
-    let model = model_path(depth, form);
-    let inputs = input_paths();
-    let mut args = vec!["classify", model.as_str(), "--logits", "--format", "json"];
-    args.extend(extra);
-    args.extend(inputs.iter().map(String::as_str));
-    let rows = run_json(&args);
-    let rows = rows.as_array().unwrap();
-    assert_eq!(rows.len(), inputs.len());
-    for (row, photo) in rows.iter().zip(photos()) {
-        let want = floats(&reference[stem(&photo)]);
-        let got = floats(&row["logits"]);
-        let d = rel_diff(&got, &want);
-        assert!(
-            d < 1e-4,
-            "{model} {extra:?} on {}: relative diff {d:e}",
-            stem(&photo)
-        );
-    }
+fn check(depth: usize, form: &str, extra: &[&str]) {
+    let logits = fixtures().join(format!("article/resnet{depth}/logits.json"));
+    check_against_pytorch(&model_path(depth, form), &logits, extra);
 }
 
 #[test]
 fn every_depth_and_form_matches_pytorch() {
     for (depth, forms) in MODELS {
         for form in forms {
-            check_against_pytorch(depth, form, &[]);
+            check(depth, form, &[]);
         }
     }
 }
 
 #[test]
 fn layout_override_agrees_with_detection() {
-    check_against_pytorch(50, "model.safetensors", &["--layout", "article"]);
-    check_against_pytorch(
+    check(50, "model.safetensors", &["--layout", "article"]);
+    check(
         18,
         "model.pth",
         &["--arch", "resnet18", "--layout", "article"],

@@ -93,3 +93,34 @@ pub fn pearson(a: &[f32], b: &[f32]) -> f64 {
     }
     num / (da.sqrt() * db.sqrt())
 }
+
+/// The committed torchvision tensors of every bundled photo, in `photos()` order.
+pub fn input_paths() -> Vec<String> {
+    photos()
+        .iter()
+        .map(|p| format!("models/fixtures/inputs/{}.npy", stem(p)))
+        .collect()
+}
+
+/// One model file, all preprocessed photos in one run (plus `extra` flags), each logits row
+/// within 1e-4 relative of PyTorch's in `logits_json`.
+pub fn check_against_pytorch(model: &str, logits_json: &Path, extra: &[&str]) {
+    let reference = read_json(logits_json);
+    let inputs = input_paths();
+    let mut args = vec!["classify", model, "--logits", "--format", "json"];
+    args.extend(extra);
+    args.extend(inputs.iter().map(String::as_str));
+    let rows = run_json(&args);
+    let rows = rows.as_array().unwrap();
+    assert_eq!(rows.len(), inputs.len());
+    for (row, photo) in rows.iter().zip(photos()) {
+        let want = floats(&reference[stem(&photo)]);
+        let got = floats(&row["logits"]);
+        let d = rel_diff(&got, &want);
+        assert!(
+            d < 1e-4,
+            "{model} {extra:?} on {}: relative diff {d:e}",
+            stem(&photo)
+        );
+    }
+}
