@@ -12,14 +12,28 @@ use crate::preprocess::Layout;
 use crate::transform::{fold_batchnorm, fold_batchnorm::node_label};
 use crate::{Error, Result};
 
-/// Parse, fold BatchNorm (see [`crate::transform::fold_batchnorm`]), fix the input shape to
-/// `options.batch` images and declutter.
-pub fn load(path: &Path, options: &LoadOptions) -> Result<LoadedModel> {
-    // Declared intermediate and output shapes name a symbolic batch ("batch") that would clash
-    // with the concrete batch we set; tract infers them all from the input anyway.
-    let onnx = tract_onnx::onnx()
+/// An ONNX model read into protobuf form with BatchNorm folded (when asked): what graph
+/// transforms (quantisation, precision) rewrite before tract parses it.
+pub struct SourceProto {
+    pub proto: tract_onnx::pb::ModelProto,
+    /// The folder external-data files are resolved against.
+    pub dir: Option<String>,
+    pub batchnorm_nodes: Vec<String>,
+    pub batchnorm_folded: usize,
+}
+
+/// tract-onnx configured for this runtime: declared intermediate and output shapes name a
+/// symbolic batch ("batch") that would clash with the concrete batch we set; tract infers them
+/// all from the input anyway.
+pub fn onnx() -> tract_onnx::Onnx {
+    tract_onnx::onnx()
         .with_ignore_value_info(true)
-        .with_ignore_output_shapes(true);
+        .with_ignore_output_shapes(true)
+}
+
+/// Read `path` and fold its BatchNormalization nodes (see [`crate::transform::fold_batchnorm`]).
+pub fn read_proto(path: &Path, fold_bn: bool) -> Result<SourceProto> {
+    let onnx = onnx();
     let mut proto = onnx
         .proto_model_for_path(path)
         .map_err(|e| Error::file(path, format!("not a readable ONNX model ({e:#})")))?;
@@ -27,7 +41,8 @@ pub fn load(path: &Path, options: &LoadOptions) -> Result<LoadedModel> {
     let dir = path
         .parent()
         .and_then(|d| d.to_str())
-        .map(|d| if d.is_empty() { "." } else { d });
+        .map(|d| if d.is_empty() { "." } else { d })
+        .map(str::to_string);
     let graph = proto
         .graph
         .as_mut()
@@ -38,13 +53,37 @@ pub fn load(path: &Path, options: &LoadOptions) -> Result<LoadedModel> {
         .filter(|n| n.op_type == "BatchNormalization")
         .map(node_label)
         .collect();
-    let batchnorm_folded = if options.fold_batchnorm {
-        fold_batchnorm(graph, &*onnx.provider, dir)
+    let batchnorm_folded = if fold_bn {
+        fold_batchnorm(graph, &*onnx.provider, dir.as_deref())
             .map_err(|e| Error::file(path, format!("folding BatchNormalization: {e:#}")))?
             .folded
     } else {
         0
     };
+    Ok(SourceProto {
+        proto,
+        dir,
+        batchnorm_nodes,
+        batchnorm_folded,
+    })
+}
+
+/// Parse, fold BatchNorm, fix the input shape to `options.batch` images and declutter.
+pub fn load(path: &Path, options: &LoadOptions) -> Result<LoadedModel> {
+    let source = read_proto(path, options.fold_batchnorm)?;
+    load_proto(path, source, options)
+}
+
+/// [`load`] for a protobuf already read (and possibly rewritten) by the caller.
+pub fn load_proto(path: &Path, source: SourceProto, options: &LoadOptions) -> Result<LoadedModel> {
+    let SourceProto {
+        proto,
+        dir,
+        batchnorm_nodes,
+        batchnorm_folded,
+    } = source;
+    let onnx = onnx();
+    let dir = dir.as_deref();
     let parsed = onnx
         .parse(&proto, dir)
         .map_err(|e| Error::file(path, format!("{e:#}")))?;
