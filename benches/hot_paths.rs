@@ -11,8 +11,9 @@ use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
 
-use resnet_edge::bench::{MeasureOptions, Precision, Session};
+use resnet_edge::bench::{MeasureOptions, Session};
 use resnet_edge::model::LoadOptions;
+use resnet_edge::precision::Precision;
 use resnet_edge::preprocess::{load_image, Preprocess};
 
 fn root() -> PathBuf {

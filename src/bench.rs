@@ -4,9 +4,7 @@
 //! follow TFLite's `benchmark_model`, which edge users already script against.
 
 use std::collections::BTreeMap;
-use std::fmt;
 use std::path::Path;
-use std::str::FromStr;
 use std::time::{Duration, Instant};
 
 use tract_core::internal::DimLike;
@@ -16,56 +14,8 @@ use tract_core::prelude::*;
 use crate::manifest::Manifest;
 use crate::model::{self, LoadOptions, LoadedModel, SourceKind};
 use crate::plan::Plan;
+use crate::precision::Precision;
 use crate::{Error, Result};
-
-/// The numeric precision to run in. Only f32 exists today; the others are accepted as names so
-/// scripts written for them fail with a clear message instead of a parse error.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Precision {
-    F32,
-    F16,
-    Int8,
-    Auto,
-}
-
-impl FromStr for Precision {
-    type Err = Error;
-    fn from_str(s: &str) -> Result<Precision> {
-        match s.to_ascii_lowercase().as_str() {
-            "f32" => Ok(Precision::F32),
-            "f16" => Ok(Precision::F16),
-            "int8" => Ok(Precision::Int8),
-            "auto" => Ok(Precision::Auto),
-            _ => Err(Error::usage(format!(
-                "unknown precision {s:?}: expected f32, f16, int8 or auto"
-            ))),
-        }
-    }
-}
-
-impl fmt::Display for Precision {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Precision::F32 => "f32",
-            Precision::F16 => "f16",
-            Precision::Int8 => "int8",
-            Precision::Auto => "auto",
-        })
-    }
-}
-
-impl Precision {
-    /// The precision a run will actually use: `auto` is f32 until reduced-precision plans exist.
-    pub fn resolve(self) -> Result<Precision> {
-        match self {
-            Precision::F32 | Precision::Auto => Ok(Precision::F32),
-            other => Err(Error::usage(format!(
-                "precision {other} is not available yet (use f32 or auto)"
-            ))),
-        }
-    }
-}
 
 /// What `bench` and `profile` share: the model, the plan settings and how many runs to time.
 #[derive(Clone, Debug)]
@@ -73,6 +23,7 @@ pub struct MeasureOptions {
     pub load: LoadOptions,
     /// 0 = all cores.
     pub threads: usize,
+    /// Wins over `load.precision`: what `--precision` asked for.
     pub precision: Precision,
     /// Untimed runs after the first inference, to reach a steady state (caches, allocator).
     pub warmup_runs: usize,
@@ -106,7 +57,6 @@ impl MeasureOptions {
                 ))
             })?;
         }
-        self.precision.resolve()?;
         Ok(())
     }
 
@@ -179,7 +129,7 @@ fn kernel_macs(model: &TypedModel) -> BTreeMap<String, u64> {
 pub struct Session {
     pub loaded: LoadedModel,
     pub plan: Plan,
-    /// The precision actually run (`auto` resolved).
+    /// The precision actually run (`auto` resolved; also in `loaded.precision`, with why).
     pub precision: Precision,
     /// Reading, building and optimising the model into a runnable plan.
     pub load_ms: f64,
@@ -190,8 +140,8 @@ pub struct Session {
 impl Session {
     pub fn open(path: &Path, options: &MeasureOptions) -> Result<Session> {
         options.validate()?;
-        let precision = options.precision.resolve()?;
         let mut load = options.load.clone();
+        load.precision = options.precision;
         // The manifest's crop is the image size the model was trained for (state_dict sources
         // and dynamic ONNX inputs take it from here).
         if let Some(p) = Manifest::beside(path)?.and_then(|m| m.preprocess) {
@@ -201,6 +151,7 @@ impl Session {
         let loaded = model::load(path, &load)?;
         let plan = Plan::new(&loaded, options.threads)?;
         let load_ms = millis(start.elapsed());
+        let precision = loaded.precision.run;
         let state = plan
             .runnable()
             .spawn()
@@ -294,7 +245,10 @@ impl Stats {
 pub struct BenchReport {
     pub model: String,
     pub source: SourceKind,
+    /// What ran: f32, f16 or int8.
     pub precision: Precision,
+    /// Why that precision (the request, the file, the CPU's FP16 support).
+    pub precision_reason: String,
     /// Inference threads actually configured (`--threads 0` resolved to the core count).
     pub threads: usize,
     pub batch: usize,
@@ -349,6 +303,7 @@ pub fn bench(path: &Path, options: &MeasureOptions) -> Result<BenchReport> {
         model: path.display().to_string(),
         source: session.loaded.kind,
         precision: session.precision,
+        precision_reason: session.loaded.precision.reason.clone(),
         threads: session.plan.threads(),
         batch,
         input_shape: session.loaded.input_shape.clone(),
@@ -400,6 +355,7 @@ impl BenchReport {
             ),
             ("cpu_util", opt(self.cpu_util.map(f))),
             ("os_threads", opt(self.os_threads.map(|v| v.to_string()))),
+            ("precision_reason", self.precision_reason.clone()),
         ];
         let header: Vec<String> = fields.iter().map(|(k, _)| csv_cell(k)).collect();
         let row: Vec<String> = fields.iter().map(|(_, v)| csv_cell(v)).collect();
@@ -415,6 +371,10 @@ impl BenchReport {
         line(
             "input",
             format!("{:?} ({})", self.input_shape, self.precision),
+        );
+        line(
+            "precision",
+            format!("{} ({})", self.precision, self.precision_reason),
         );
         line(
             "cpu",
@@ -558,22 +518,6 @@ mod tests {
         assert!((s.std_ms - 28.866_070_047_722_12).abs() < 1e-6);
         let one = Stats::of(&[3.0]);
         assert_eq!((one.p50_ms, one.p99_ms, one.std_ms), (3.0, 3.0, 0.0));
-    }
-
-    #[test]
-    fn precision_names() {
-        assert_eq!(
-            "AUTO".parse::<Precision>().unwrap().resolve().unwrap(),
-            Precision::F32
-        );
-        let err = "int8"
-            .parse::<Precision>()
-            .unwrap()
-            .resolve()
-            .unwrap_err()
-            .to_string();
-        assert!(err.contains("precision int8 is not available yet"), "{err}");
-        assert!("fp64".parse::<Precision>().is_err());
     }
 
     #[test]

@@ -41,13 +41,16 @@ pub enum Command {
     /// What this device is and how tract will run on it: CPU, NEON/FP16/dot-product, kernel
     /// family, threads, and warnings (e.g. f16 on a core without FP16 arithmetic).
     Doctor(DoctorArgs),
+    /// Post-training quantisation: calibrate on images and write an int8 artifact (QLinear
+    /// ONNX), or write an f16 artifact; reports accuracy against the f32 model.
+    Quantize(QuantizeArgs),
 }
 
 #[derive(Args, Debug)]
 pub struct DoctorArgs {
     /// The precision you intend to run, to be warned if this CPU handles it badly.
     #[arg(long)]
-    pub precision: Option<resnet_edge::device::Precision>,
+    pub precision: Option<resnet_edge::precision::Precision>,
     /// Threads you intend to use; 0 = all cores.
     #[arg(long, default_value_t = 0)]
     pub threads: usize,
@@ -78,6 +81,10 @@ pub struct ModelArgs {
     /// Leave ONNX BatchNormalization nodes to tract (to measure what folding buys).
     #[arg(long)]
     pub no_fold_batchnorm: bool,
+    /// f32, f16, int8 or auto: f16 runs in f16 only on cores with FP16 arithmetic (else f32,
+    /// weights widened); int8 needs an int8 artifact; auto picks per CPU and file.
+    #[arg(long, default_value = "auto", value_parser = parse_precision)]
+    pub precision: resnet_edge::precision::Precision,
     #[command(flatten)]
     pub preprocess: PreprocessArgs,
     /// `imagenet1k` or a file with one label per line.
@@ -122,6 +129,7 @@ pub struct InfoArgs {
 pub struct ClassifyArgs {
     #[command(flatten)]
     pub model: ModelArgs,
+    /// Images (JPEG/PNG), folders of them, or preprocessed float32 .npy tensors.
     #[arg(required = true)]
     pub images: Vec<PathBuf>,
     #[arg(long, default_value_t = 5)]
@@ -136,6 +144,118 @@ pub struct ClassifyArgs {
     pub threads: usize,
 }
 
+impl PreprocessArgs {
+    fn overrides(&self) -> PreprocessOverrides {
+        PreprocessOverrides {
+            resize: self.resize,
+            resize_mode: self.resize_mode.as_deref().map(|m| match m {
+                "exact" => ResizeMode::Exact,
+                _ => ResizeMode::Shorter,
+            }),
+            crop: self.crop,
+            scale: self.scale,
+            mean: self.mean,
+            std: self.std,
+            channels: self.channels.as_deref().map(|c| match c {
+                "bgr" => ChannelOrder::Bgr,
+                _ => ChannelOrder::Rgb,
+            }),
+        }
+    }
+}
+
+#[derive(Args, Debug)]
+pub struct QuantizeArgs {
+    /// The float model: an ONNX file (a manifest beside it gives the preprocessing).
+    pub model: PathBuf,
+    /// Calibration images: files or folders of JPEG/PNG (int8 only).
+    #[arg(long, num_args = 1..)]
+    pub calib: Vec<PathBuf>,
+    /// Where to write the artifact (.onnx); the model's manifest is copied beside it.
+    #[arg(long)]
+    pub out: PathBuf,
+    #[arg(long, default_value = "int8", value_parser = ["int8", "f16"])]
+    pub precision: String,
+    /// How activation ranges are chosen from calibration.
+    #[arg(long, default_value = "percentile")]
+    pub method: resnet_edge::transform::quantize::Method,
+    /// For `--method percentile`: percent of values kept inside the range.
+    #[arg(long, default_value_t = 99.99)]
+    pub percentile: f64,
+    /// Images to compare with the float model; default: every fifth calibration image, held
+    /// out of calibration.
+    #[arg(long, num_args = 1..)]
+    pub eval: Vec<PathBuf>,
+    /// Leave these convs / FC layers (node names, `*` globs) in f32.
+    #[arg(long)]
+    pub keep_f32: Vec<String>,
+    /// Leave ONNX BatchNormalization nodes unfolded (they then stay float).
+    #[arg(long)]
+    pub no_fold_batchnorm: bool,
+    #[command(flatten)]
+    pub preprocess: PreprocessArgs,
+    /// Threads for the calibration runs; 0 = all cores.
+    #[arg(long, default_value_t = 0)]
+    pub threads: usize,
+    #[arg(long, value_enum, default_value_t = Format::Text)]
+    pub format: Format,
+}
+
+fn quantize(args: QuantizeArgs) -> Result<()> {
+    use resnet_edge::transform::quantize::{quantize_int8, QuantizeOptions};
+    if args.precision == "f16" {
+        return quantize_f16(&args);
+    }
+    if args.calib.is_empty() {
+        return Err(Error::usage(
+            "int8 needs calibration images: --calib DIR_OR_FILES",
+        ));
+    }
+    let options = QuantizeOptions {
+        method: args.method,
+        percentile: args.percentile,
+        keep_f32: args.keep_f32.clone(),
+        eval: args.eval.clone(),
+        classifier: ClassifierOptions {
+            load: LoadOptions {
+                fold_batchnorm: !args.no_fold_batchnorm,
+                ..LoadOptions::default()
+            },
+            threads: args.threads,
+            preprocess: args.preprocess.overrides(),
+            ..ClassifierOptions::default()
+        },
+        progress: std::io::IsTerminal::is_terminal(&std::io::stderr()),
+    };
+    let report = quantize_int8(&args.model, &args.calib, &args.out, &options)?;
+    match args.format {
+        Format::Json => println!("{}", to_json(&report)?),
+        Format::Text => println!("{report}"),
+    }
+    Ok(())
+}
+
+fn quantize_f16(args: &QuantizeArgs) -> Result<()> {
+    let summary = resnet_edge::transform::half::write_f16_artifact(
+        &args.model,
+        !args.no_fold_batchnorm,
+        &args.out,
+    )?;
+    resnet_edge::transform::quantize::copy_manifest(&args.model, &args.out)?;
+    match args.format {
+        Format::Json => println!("{}", to_json(&summary)?),
+        Format::Text => println!(
+            "{} -> {} (f16): {} weights stored as f16, {:.2} MB -> {:.2} MB",
+            args.model.display(),
+            args.out.display(),
+            summary.converted,
+            summary.bytes_in as f64 / 1e6,
+            summary.bytes_out as f64 / 1e6
+        ),
+    }
+    Ok(())
+}
+
 fn parse_triplet(s: &str) -> std::result::Result<[f32; 3], String> {
     let v: Vec<f32> = s
         .split(',')
@@ -147,12 +267,12 @@ fn parse_triplet(s: &str) -> std::result::Result<[f32; 3], String> {
 
 impl ModelArgs {
     fn options(&self, threads: usize) -> ClassifierOptions {
-        let p = &self.preprocess;
         ClassifierOptions {
             load: LoadOptions {
                 batch: self.batch,
                 arch: self.arch.clone(),
                 fold_batchnorm: !self.no_fold_batchnorm,
+                precision: self.precision,
                 resnet_layout: self.layout.as_deref().map(|l| match l {
                     "article" => ResNetLayout::Article,
                     _ => ResNetLayout::Torchvision,
@@ -160,21 +280,7 @@ impl ModelArgs {
                 ..LoadOptions::default()
             },
             threads,
-            preprocess: PreprocessOverrides {
-                resize: p.resize,
-                resize_mode: p.resize_mode.as_deref().map(|m| match m {
-                    "exact" => ResizeMode::Exact,
-                    _ => ResizeMode::Shorter,
-                }),
-                crop: p.crop,
-                scale: p.scale,
-                mean: p.mean,
-                std: p.std,
-                channels: p.channels.as_deref().map(|c| match c {
-                    "bgr" => ChannelOrder::Bgr,
-                    _ => ChannelOrder::Rgb,
-                }),
-            },
+            preprocess: self.preprocess.overrides(),
             labels: self.labels.clone(),
             output: self.output.as_deref().map(|o| match o {
                 "probabilities" => OutputKind::Probabilities,
@@ -192,6 +298,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Profile(args) => profile(args),
         Command::Camera(args) => camera(args),
         Command::Doctor(args) => doctor(args),
+        Command::Quantize(args) => quantize(args),
     }
 }
 
@@ -226,6 +333,10 @@ fn info(args: InfoArgs) -> Result<()> {
                     .unwrap_or_default()
             );
             println!("input           {:?} {:?}", info.input_shape, info.layout);
+            println!(
+                "precision       {} ({})",
+                info.precision, info.precision_reason
+            );
             println!("output          {:?}", info.output_shape);
             println!("parameters      {}", info.parameters);
             println!("MACs per image  {}", info.macs_per_image);
@@ -247,8 +358,20 @@ fn classify(args: ClassifyArgs) -> Result<()> {
         return Err(Error::usage("--top-k must be at least 1"));
     }
     let classifier = Classifier::open(&args.model.model, &args.model.options(args.threads))?;
-    let (tensors, images): (Vec<&PathBuf>, Vec<&PathBuf>) = args
+    // Folders stand for their JPEG/PNG files, in name order.
+    let inputs: Vec<PathBuf> = args
         .images
+        .iter()
+        .map(|p| {
+            if p.is_dir() {
+                resnet_edge::frame::image_files(std::slice::from_ref(p))
+            } else {
+                Ok(vec![p.clone()])
+            }
+        })
+        .collect::<Result<Vec<_>>>()?
+        .concat();
+    let (tensors, images): (Vec<&PathBuf>, Vec<&PathBuf>) = inputs
         .iter()
         .partition(|p| p.extension().is_some_and(|e| e == "npy"));
     let decoded = images
@@ -276,7 +399,7 @@ fn classify(args: ClassifyArgs) -> Result<()> {
             .zip(classifier.classify_preprocessed(&arrays, args.top_k)?),
     );
     // Keep the order the user gave.
-    results.sort_by_key(|(p, _)| args.images.iter().position(|q| q == p));
+    results.sort_by_key(|(p, _)| inputs.iter().position(|q| q == p));
     match args.format {
         Format::Json => {
             let rows: Vec<serde_json::Value> = results
@@ -325,9 +448,10 @@ fn to_json(value: &impl serde::Serialize) -> Result<String> {
 pub struct MeasureArgs {
     /// A .onnx, .safetensors or .pth (PyTorch zip) model.
     pub model: PathBuf,
-    /// f32, or auto (the fastest available: f32 today); f16 and int8 are not available yet.
+    /// f32, f16, int8 or auto: f16 runs in f16 only on cores with FP16 arithmetic (else f32,
+    /// weights widened); int8 needs an int8 artifact; auto picks per CPU and file.
     #[arg(long, default_value = "auto", value_parser = parse_precision)]
-    pub precision: resnet_edge::bench::Precision,
+    pub precision: resnet_edge::precision::Precision,
     /// Inference threads; 0 = all cores.
     #[arg(long, default_value_t = 0, allow_hyphen_values = true, value_parser = parse_threads)]
     pub threads: usize,
@@ -375,7 +499,7 @@ pub struct ProfileArgs {
     pub top: usize,
 }
 
-fn parse_precision(s: &str) -> std::result::Result<resnet_edge::bench::Precision, String> {
+fn parse_precision(s: &str) -> std::result::Result<resnet_edge::precision::Precision, String> {
     s.parse().map_err(|e: Error| e.to_string())
 }
 

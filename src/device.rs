@@ -15,13 +15,14 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
-use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 use tract_core::prelude::{tvec, DatumType};
 use tract_linalg::isa::{Isa, IsaSet};
 use tract_linalg::mmm::Query;
 use tract_linalg::MmmDispatch;
+
+use crate::precision::Precision;
 
 /// The environment variables tract-linalg 0.23.9 reads to override its CPU detection.
 pub const TRACT_CPU_KNOBS: &[&str] = &[
@@ -39,33 +40,6 @@ pub const TRACT_CPU_KNOBS: &[&str] = &[
 /// layer for one image (n = 1).
 pub const CONV_SHAPE: (usize, usize, usize) = (64, 576, 3136);
 pub const FC_SHAPE: (usize, usize, usize) = (1000, 2048, 1);
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Precision {
-    F32,
-    F16,
-}
-
-impl FromStr for Precision {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Precision, String> {
-        match s.to_ascii_lowercase().as_str() {
-            "f32" | "fp32" | "float32" => Ok(Precision::F32),
-            "f16" | "fp16" | "float16" | "half" => Ok(Precision::F16),
-            other => Err(format!("unknown precision {other:?} (expected f32 or f16)")),
-        }
-    }
-}
-
-impl fmt::Display for Precision {
-    fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
-        f.write_str(match self {
-            Precision::F32 => "f32",
-            Precision::F16 => "f16",
-        })
-    }
-}
 
 /// What the caller intends to run, so the report can warn about it.
 #[derive(Debug, Clone, Default)]
@@ -330,11 +304,14 @@ impl Kernels {
         }
     }
 
-    /// The conv kernel for a precision: what most of a ResNet's time is spent in.
+    /// The conv kernel for a precision: what most of a ResNet's time is spent in (`Auto`
+    /// has none of its own).
     pub fn conv(&self, precision: Precision) -> Option<&KernelChoice> {
         match precision {
             Precision::F32 => self.f32_conv.as_ref(),
             Precision::F16 => self.f16_conv.as_ref(),
+            Precision::Int8 => self.i8_conv.as_ref(),
+            Precision::Auto => None,
         }
     }
 }
@@ -615,12 +592,17 @@ impl DeviceReport {
             None if obs.tract.fp16 && obs.arch == "aarch64" => Precision::F16,
             _ => Precision::F32,
         };
-        let precision = request.precision.unwrap_or(Precision::F32);
-        if request.precision == Some(Precision::F16) && !obs.tract.fp16 {
+        // `auto` is no particular request: the report recommends.
+        let requested = request.precision.filter(|p| *p != Precision::Auto);
+        let precision = requested.unwrap_or(Precision::F32);
+        let fp16 = crate::precision::Fp16Support::of(&obs.arch, obs.tract.fp16, &cpu);
+        if requested == Some(Precision::F16) && !fp16.native {
             warnings.push(format!(
-                "f16 requested, but this CPU has no FP16 arithmetic (asimdhp) that tract can use: \
-                 f16 matmuls run on {} (accumulating in f32, converting on every load/store: \
-                 slower than f32 and no more accurate); use f32",
+                "f16 requested, but this CPU has no FP16 arithmetic (asimdhp) that tract can use \
+                 ({}): resnet-edge runs f32 here (an f16 artifact's weights are widened at load: \
+                 half the file, f32's speed and RAM) rather than tract's f16 path on {} \
+                 (converting on every load/store: slower than f32 and no more accurate)",
+                fp16.detail,
                 obs.kernels
                     .f16_conv
                     .as_ref()
@@ -687,7 +669,7 @@ impl DeviceReport {
 
         let kernel_family = obs
             .kernels
-            .conv(request.precision.unwrap_or(recommended_precision))
+            .conv(requested.unwrap_or(recommended_precision))
             .or(obs.kernels.f32_conv.as_ref())
             .map(|k| k.family.clone())
             .unwrap_or_else(|| "none".to_string());

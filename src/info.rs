@@ -11,6 +11,7 @@ use tract_core::ops::source::TypedSource;
 use crate::model::resnet::ResNetLayout;
 use crate::model::{LoadedModel, SourceKind};
 use crate::plan::Plan;
+use crate::precision::Precision;
 use crate::preprocess::Layout;
 use crate::Result;
 
@@ -35,6 +36,13 @@ pub struct ModelInfo {
     pub batchnorm_ops: usize,
     pub batchnorm_nodes_in_source: usize,
     pub batchnorm_folded: usize,
+    /// What runs: f32, f16 or int8.
+    pub precision: Precision,
+    /// Why: the request, what the file stores, the CPU's FP16 support.
+    pub precision_reason: String,
+    pub precision_requested: Precision,
+    /// What the file stores: f32, f16 (an f16 artifact) or int8 (an int8 artifact).
+    pub weights_precision: Precision,
 }
 
 impl ModelInfo {
@@ -89,6 +97,10 @@ impl ModelInfo {
             batchnorm_ops,
             batchnorm_nodes_in_source: loaded.batchnorm_nodes.len(),
             batchnorm_folded: loaded.batchnorm_folded,
+            precision: loaded.precision.run,
+            precision_reason: loaded.precision.reason.clone(),
+            precision_requested: loaded.precision.requested,
+            weights_precision: loaded.precision.weights,
         })
     }
 }

@@ -15,6 +15,7 @@ pub mod manifest;
 pub mod model;
 pub mod npy;
 pub mod plan;
+pub mod precision;
 pub mod preprocess;
 pub mod profile;
 pub mod topk;

@@ -18,9 +18,10 @@ use tract_core::internal::*;
 use tract_core::ops::konst::Const;
 use tract_core::ops::matmul::optimized::OptMatMul;
 
-use crate::bench::{csv_cell, f, Machine, MeasureOptions, Precision, Session};
+use crate::bench::{csv_cell, f, Machine, MeasureOptions, Session};
 use crate::info::node_macs;
 use crate::model::{LoadedModel, SourceKind};
+use crate::precision::Precision;
 use crate::preprocess::Layout;
 use crate::{Error, Result};
 
@@ -66,7 +67,10 @@ pub struct LayerTime {
 pub struct ProfileReport {
     pub model: String,
     pub source: SourceKind,
+    /// What ran: f32, f16 or int8.
     pub precision: Precision,
+    /// Why that precision (the request, the file, the CPU's FP16 support).
+    pub precision_reason: String,
     pub threads: usize,
     pub batch: usize,
     pub input_shape: Vec<usize>,
@@ -139,6 +143,7 @@ pub fn profile(path: &Path, options: &MeasureOptions) -> Result<ProfileReport> {
         model: path.display().to_string(),
         source: loaded.kind,
         precision: *precision,
+        precision_reason: loaded.precision.reason.clone(),
         threads: plan.threads(),
         batch: plan.batch(),
         input_shape: loaded.input_shape.clone(),

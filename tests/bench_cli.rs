@@ -470,7 +470,7 @@ fn profile_table_lists_the_top_layers_and_csv_parses() {
 #[test]
 fn bad_flags_fail_clearly() {
     let model = fixture(18, "legacy.onnx");
-    let cases: [(&[&str], &str); 8] = [
+    let cases: [(&[&str], &str); 7] = [
         (&["--num-runs", "0"], "--num-runs must be at least 1"),
         (
             &["--threads", "-1"],
@@ -483,11 +483,7 @@ fn bad_flags_fail_clearly() {
         (&["--precision", "fp64"], "unknown precision \"fp64\""),
         (
             &["--precision", "int8"],
-            "precision int8 is not available yet",
-        ),
-        (
-            &["--precision", "f16"],
-            "precision f16 is not available yet",
+            "is a float (f32) model, not an int8 artifact: run `resnet-edge quantize",
         ),
         (
             &["--max-secs", "0"],

@@ -5,6 +5,8 @@
 use std::path::{Path, PathBuf};
 
 use resnet_edge::classifier::{Classifier, ClassifierOptions};
+use resnet_edge::model::LoadOptions;
+use resnet_edge::precision::{Fp16Support, Precision};
 use resnet_edge::preprocess::load_image;
 
 fn root() -> PathBuf {
@@ -28,8 +30,13 @@ const STEMS: [&str; 3] = ["chelsea", "coffee", "rocket"];
 
 fn check(depth: usize, form: &str, threads: usize) {
     let model = root().join(format!("models/fixtures/resnet{depth}/{form}"));
+    // f32 explicitly: `auto` runs f16 on FP16 cores (the pi5 profile), checked below.
     let options = ClassifierOptions {
         threads,
+        load: LoadOptions {
+            precision: Precision::F32,
+            ..LoadOptions::default()
+        },
         ..ClassifierOptions::default()
     };
     let classifier = Classifier::open(&model, &options).unwrap();
@@ -101,5 +108,46 @@ fn photo_end_to_end_matches_pytorch_top1() {
             .unwrap()
             .0;
         assert_eq!(p.top[0].0, best, "{stem}");
+    }
+}
+
+/// `auto` runs tract's f16 kernels exactly where the CPU has FP16 arithmetic (the pi5 profile
+/// under qemu), f32 elsewhere; either way the answers are PyTorch's, to f16 accuracy.
+#[test]
+fn auto_precision_follows_the_cpu() {
+    let model = root().join("models/fixtures/resnet18/legacy.onnx");
+    let classifier = Classifier::open(&model, &ClassifierOptions::default()).unwrap();
+    let chosen = &classifier.loaded.precision;
+    let fp16 = Fp16Support::native();
+    let want_run = if fp16.native {
+        Precision::F16
+    } else {
+        Precision::F32
+    };
+    assert_eq!(chosen.run, want_run, "{chosen:?} with {fp16:?}");
+    let reference = reference(18);
+    for stem in STEMS {
+        let input =
+            resnet_edge::npy::read_f32(&root().join(format!("models/fixtures/inputs/{stem}.npy")))
+                .unwrap();
+        let p = classifier
+            .classify_preprocessed(&[input], 1)
+            .unwrap()
+            .remove(0);
+        let want: Vec<f32> = reference[stem]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_f64().unwrap() as f32)
+            .collect();
+        let d = rel_diff(&p.raw, &want);
+        let tolerance = if fp16.native { 2e-2 } else { 1e-4 };
+        assert!(
+            d < tolerance,
+            "{stem} in {}: relative diff {d:e}",
+            chosen.run
+        );
+        let best = |v: &[f32]| (0..v.len()).fold(0, |b, i| if v[i] > v[b] { i } else { b });
+        assert_eq!(best(&p.raw), best(&want), "{stem}");
     }
 }

@@ -133,3 +133,38 @@ fn opennsfw_is_nhwc_and_has_no_batchnorm_left() {
     assert_eq!(info["layout"], "nhwc");
     assert_eq!(info["batchnorm_ops"], 0);
 }
+
+/// The bar for int8 on a real network: every photo's nsfw score within 0.03 of the float
+/// model's (onnxruntime f32). Calibrated on the same six photos: the repository has no other
+/// real images to hold out for it (the digits test covers held-out accuracy).
+#[test]
+fn opennsfw_int8_scores_within_0_03_of_f32() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("opennsfw.int8.onnx");
+    let report = run_json(&[
+        "quantize",
+        &model("opennsfw"),
+        "--calib",
+        "models/photos",
+        "--eval",
+        "models/photos",
+        "--out",
+        out.to_str().unwrap(),
+        "--format",
+        "json",
+    ]);
+    assert!(report["weight_ratio"].as_f64().unwrap() <= 0.3, "{report}");
+    let reference = read_json(&fixtures().join("real/opennsfw.json"));
+    let rows = classify_photos(out.to_str().unwrap(), 2, &pil_decoded_photos());
+    assert_eq!(rows.len(), 6);
+    for (stem, got) in rows {
+        let want = floats(&reference[&stem]["probabilities"]);
+        let d = (got[1] - want[1]).abs();
+        assert!(
+            d <= 0.03,
+            "opennsfw int8 on {stem}: nsfw {} vs f32 {}",
+            got[1],
+            want[1]
+        );
+    }
+}

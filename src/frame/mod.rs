@@ -10,7 +10,7 @@ pub mod v4l;
 #[cfg(target_os = "linux")]
 pub mod v4l2;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use image::RgbImage;
@@ -144,6 +144,27 @@ pub fn is_image_path(path: &Path) -> bool {
     path.extension()
         .and_then(|e| e.to_str())
         .is_some_and(|e| matches!(e.to_ascii_lowercase().as_str(), "jpg" | "jpeg" | "png"))
+}
+
+/// The image files among `paths`: files as given, folders listed (JPEG/PNG, name order).
+pub fn image_files(paths: &[PathBuf]) -> Result<Vec<PathBuf>> {
+    let mut files = vec![];
+    for path in paths {
+        if path.is_dir() {
+            let mut found: Vec<PathBuf> = std::fs::read_dir(path)
+                .map_err(|e| Error::file(path, e))?
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| is_image_path(p) && p.is_file())
+                .collect();
+            found.sort();
+            files.extend(found);
+        } else if path.is_file() {
+            files.push(path.clone());
+        } else {
+            return Err(Error::file(path, "no such image file or folder"));
+        }
+    }
+    Ok(files)
 }
 
 /// Keeps a source to its frame rate without drifting or bursting after a stall.

@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 
 use tract_core::prelude::*;
 
+use crate::precision::{Fp16Support, Precision, PrecisionChoice};
 use crate::preprocess::Layout;
 use crate::{Error, Result};
 use resnet::{ResNetConfig, ResNetLayout};
@@ -55,6 +56,8 @@ pub struct LoadOptions {
     /// Override the ResNet key layout detected from `state_dict` keys (torchvision's or the
     /// seed article's).
     pub resnet_layout: Option<ResNetLayout>,
+    /// The precision to run in; `Auto` picks per CPU and file (see [`crate::precision`]).
+    pub precision: Precision,
 }
 
 impl Default for LoadOptions {
@@ -65,6 +68,7 @@ impl Default for LoadOptions {
             fold_batchnorm: true,
             image_size: 224,
             resnet_layout: None,
+            precision: Precision::Auto,
         }
     }
 }
@@ -84,6 +88,10 @@ pub struct LoadedModel {
     pub batchnorm_nodes: Vec<String>,
     /// How many of those the project folded into convs.
     pub batchnorm_folded: usize,
+    /// What was asked, what runs (the graph above is already in that precision) and why.
+    pub precision: PrecisionChoice,
+    /// f16 weights of an f16 artifact widened to f32 at load.
+    pub f16_widened: usize,
 }
 
 /// Load `path` (by extension) into a decluttered tract graph.
@@ -112,9 +120,17 @@ fn load_state_dict(path: &Path, kind: SourceKind, options: &LoadOptions) -> Resu
         }
         None => detected,
     };
+    let fp16 = Fp16Support::native();
+    let precision = crate::precision::choose(
+        options.precision,
+        state_dict_weights(&weights),
+        fp16.native,
+        &fp16.detail,
+        path,
+    )?;
     let size = options.image_size;
     let built = resnet::build(&weights, &config, options.batch, size, size)?;
-    let model = built.model;
+    let model = in_precision(built.model, &precision, path)?;
     let input_shape = input_shape(&model, path)?;
     Ok(LoadedModel {
         path: path.to_path_buf(),
@@ -125,7 +141,36 @@ fn load_state_dict(path: &Path, kind: SourceKind, options: &LoadOptions) -> Resu
         arch: Some(config),
         batchnorm_nodes: built.batchnorm,
         batchnorm_folded: built.batchnorm_folded,
+        precision,
+        f16_widened: 0,
     })
+}
+
+/// F16 when every `.weight` tensor is stored as f16 (the builder widens them while reading).
+fn state_dict_weights(weights: &StateDict) -> Precision {
+    let mut dtypes = weights
+        .keys()
+        .filter(|k| k.ends_with(".weight"))
+        .filter_map(|k| weights.dtype(k))
+        .peekable();
+    if dtypes.peek().is_some() && dtypes.all(|d| d == state_dict::DType::F16) {
+        Precision::F16
+    } else {
+        Precision::F32
+    }
+}
+
+/// Convert the decluttered f32 graph to the precision chosen (f16 only changes anything).
+pub(crate) fn in_precision(
+    model: TypedModel,
+    choice: &PrecisionChoice,
+    path: &Path,
+) -> Result<TypedModel> {
+    if choice.run != Precision::F16 {
+        return Ok(model);
+    }
+    crate::transform::half::run_in_f16(model)
+        .map_err(|e| Error::file(path, format!("converting to f16: {e:#}")))
 }
 
 /// The concrete shape of the model's single input.

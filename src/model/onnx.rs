@@ -77,13 +77,34 @@ pub fn load(path: &Path, options: &LoadOptions) -> Result<LoadedModel> {
 /// [`load`] for a protobuf already read (and possibly rewritten) by the caller.
 pub fn load_proto(path: &Path, source: SourceProto, options: &LoadOptions) -> Result<LoadedModel> {
     let SourceProto {
-        proto,
+        mut proto,
         dir,
         batchnorm_nodes,
         batchnorm_folded,
     } = source;
     let onnx = onnx();
     let dir = dir.as_deref();
+    // What the file stores decides what can run; f16 artifacts are widened to f32 here, and
+    // converted back below only where tract computes in f16.
+    let (precision, f16_widened) = match proto.graph.as_mut() {
+        Some(graph) => {
+            let fp16 = crate::precision::Fp16Support::native();
+            let stored = crate::precision::onnx_weights(graph);
+            let choice = crate::precision::choose(
+                options.precision,
+                stored,
+                fp16.native,
+                &fp16.detail,
+                path,
+            )?;
+            (choice, crate::transform::half::widen_f16(graph))
+        }
+        None => (crate::precision::PrecisionChoice::f32(), 0),
+    };
+    if let Some(graph) = proto.graph.as_ref() {
+        crate::transform::quantize::validate::check_quantisation(graph)
+            .map_err(|problem| Error::file(path, problem))?;
+    }
     let parsed = onnx
         .parse(&proto, dir)
         .map_err(|e| Error::file(path, format!("{e:#}")))?;
@@ -113,6 +134,7 @@ pub fn load_proto(path: &Path, source: SourceProto, options: &LoadOptions) -> Re
         .into_typed()
         .and_then(|mut m| m.declutter().map(|_| m))
         .map_err(|e| Error::file(path, format!("cannot run with input {shape:?}: {e:#}")))?;
+    let model = super::in_precision(model, &precision, path)?;
     Ok(LoadedModel {
         path: path.to_path_buf(),
         kind: SourceKind::Onnx,
@@ -122,6 +144,8 @@ pub fn load_proto(path: &Path, source: SourceProto, options: &LoadOptions) -> Re
         arch: None,
         batchnorm_nodes,
         batchnorm_folded,
+        precision,
+        f16_widened,
     })
 }
 

@@ -1,0 +1,252 @@
+//! `quantize` end to end: int8 and f16 artifacts against PyTorch's float logits and the ONNX
+//! reference implementation's integer arithmetic (models/make_quant_refs.py), and bad input.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+
+use common::*;
+
+fn digits() -> PathBuf {
+    fixtures().join("digits")
+}
+
+fn quantize(model: &Path, out: &Path, extra: &[&str]) -> serde_json::Value {
+    let (model, out) = (model.to_str().unwrap(), out.to_str().unwrap());
+    let mut args = vec!["quantize", model, "--out", out, "--format", "json"];
+    args.extend(extra);
+    run_json(&args)
+}
+
+/// Top-1 accuracy (percent) of `model` on the 360 held-out digits; the label is the digit after
+/// the underscore in each file name.
+fn digits_accuracy(model: &Path) -> f64 {
+    let test = digits().join("test");
+    let rows = run_json(&[
+        "classify",
+        model.to_str().unwrap(),
+        test.to_str().unwrap(),
+        "--top-k",
+        "1",
+        "--format",
+        "json",
+    ]);
+    let rows = rows.as_array().unwrap();
+    assert_eq!(rows.len(), 360);
+    let correct = rows
+        .iter()
+        .filter(|r| {
+            let image = r["image"].as_str().unwrap();
+            let label = image.rsplit('_').next().unwrap().trim_end_matches(".png");
+            r["top"][0]["label"].as_str() == Some(label)
+        })
+        .count();
+    100.0 * correct as f64 / rows.len() as f64
+}
+
+#[test]
+fn digits_int8_within_one_point_and_f16_within_a_fifth_of_f32() {
+    let reference = read_json(&digits().join("reference.json"));
+    let model = digits().join("resnet18_digits.onnx");
+    let f32_accuracy = digits_accuracy(&model);
+    let torch = reference["accuracy_torch"].as_f64().unwrap();
+    assert!(
+        (f32_accuracy - torch).abs() < 1e-9,
+        "f32 accuracy {f32_accuracy} differs from PyTorch's {torch}"
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    let int8 = dir.path().join("digits.int8.onnx");
+    let calib = digits().join("calib");
+    let eval = digits().join("test");
+    let report = quantize(
+        &model,
+        &int8,
+        &[
+            "--calib",
+            calib.to_str().unwrap(),
+            "--eval",
+            eval.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(report["eval_images"], 360);
+    assert_eq!(report["held_out"], true);
+    assert!(report["weight_ratio"].as_f64().unwrap() <= 0.3, "{report}");
+    assert_eq!(report["worst_layers"].as_array().unwrap().len(), 5);
+    let int8_accuracy = digits_accuracy(&int8);
+    assert!(
+        f32_accuracy - int8_accuracy <= 1.0,
+        "int8 {int8_accuracy}% vs f32 {f32_accuracy}%"
+    );
+
+    let f16 = dir.path().join("digits.f16.onnx");
+    quantize(&model, &f16, &["--precision", "f16"]);
+    let f16_accuracy = digits_accuracy(&f16);
+    assert!(
+        (f32_accuracy - f16_accuracy).abs() <= 0.2,
+        "f16 {f16_accuracy}% vs f32 {f32_accuracy}%"
+    );
+}
+
+fn cosine(a: &[f32], b: &[f32]) -> f64 {
+    let dot: f64 = a.iter().zip(b).map(|(x, y)| *x as f64 * *y as f64).sum();
+    let n = |v: &[f32]| v.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt();
+    dot / (n(a) * n(b))
+}
+
+#[test]
+fn fixture_resnets_int8_keep_logit_cosine_above_0_99_for_every_method() {
+    let dir = tempfile::tempdir().unwrap();
+    let photo_dir = root().join("models/photos");
+    let methods = ["minmax", "percentile", "mse", "percentile", "mse"];
+    for (depth, method) in [18, 34, 50, 101, 152].into_iter().zip(methods) {
+        let model = fixtures().join(format!("resnet{depth}/legacy.onnx"));
+        let out = dir.path().join(format!("resnet{depth}.int8.onnx"));
+        quantize(
+            &model,
+            &out,
+            &["--calib", photo_dir.to_str().unwrap(), "--method", method],
+        );
+        let reference = read_json(&fixtures().join(format!("resnet{depth}/logits.json")));
+        let inputs = input_paths();
+        let mut args = vec![
+            "classify",
+            out.to_str().unwrap(),
+            "--logits",
+            "--format",
+            "json",
+        ];
+        args.extend(inputs.iter().map(String::as_str));
+        let rows = run_json(&args);
+        let rows = rows.as_array().unwrap();
+        let mut sum = 0.0;
+        for (row, photo) in rows.iter().zip(photos()) {
+            sum += cosine(&floats(&row["logits"]), &floats(&reference[stem(&photo)]));
+        }
+        let mean = sum / rows.len() as f64;
+        assert!(mean >= 0.99, "resnet{depth} ({method}): mean cosine {mean}");
+    }
+}
+
+/// The committed artifacts (written by `quantize`) run by tract against numpy's ONNX reference
+/// implementation (int8) and onnxruntime (f16), from models/make_quant_refs.py.
+#[test]
+fn committed_artifacts_match_independent_runtimes() {
+    let reference = read_json(&digits().join("quant_reference.json"));
+    for (artifact, tolerance) in [
+        ("resnet18_digits.int8.onnx", 0.02),
+        ("resnet18_digits.f16.onnx", 1e-4),
+    ] {
+        let want = &reference[artifact];
+        let files: Vec<String> = want["files"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|f| {
+                digits()
+                    .join("test")
+                    .join(f.as_str().unwrap())
+                    .display()
+                    .to_string()
+            })
+            .collect();
+        let model = digits().join(artifact);
+        let mut args = vec![
+            "classify",
+            model.to_str().unwrap(),
+            "--logits",
+            "--format",
+            "json",
+        ];
+        args.extend(files.iter().map(String::as_str));
+        let rows = run_json(&args);
+        for (row, logits) in rows
+            .as_array()
+            .unwrap()
+            .iter()
+            .zip(want["logits"].as_array().unwrap())
+        {
+            let (got, want) = (floats(&row["logits"]), floats(logits));
+            let d = rel_diff(&got, &want);
+            assert!(
+                d < tolerance,
+                "{artifact} {}: relative diff {d}",
+                row["image"]
+            );
+            let top = |v: &[f32]| (0..v.len()).max_by(|&a, &b| v[a].total_cmp(&v[b]));
+            assert_eq!(top(&got), top(&want), "{artifact} {}", row["image"]);
+        }
+    }
+}
+
+#[test]
+fn bad_calibration_sets_and_artifacts_are_clear_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = digits().join("resnet18_digits.onnx");
+    // No readable image.
+    let junk = dir.path().join("junk");
+    std::fs::create_dir(&junk).unwrap();
+    std::fs::write(junk.join("a.png"), b"not a png").unwrap();
+    let out = dir.path().join("x.onnx");
+    let o = run(&[
+        "quantize",
+        model.to_str().unwrap(),
+        "--calib",
+        junk.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        !o.status.success() && err.contains("no readable calibration image"),
+        "{err}"
+    );
+    assert!(!err.contains("panicked"), "{err}");
+
+    // A truncated artifact.
+    let good = std::fs::read(digits().join("resnet18_digits.int8.onnx")).unwrap();
+    let cut = dir.path().join("cut.onnx");
+    std::fs::write(&cut, &good[..good.len() / 2]).unwrap();
+    let o = run(&["info", cut.to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success() && err.contains("cut.onnx"), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+
+    // Quantisation parameters out of range: a negative scale, a zero point of the wrong type.
+    use prost::Message;
+    use tract_onnx::pb::{tensor_proto::DataType, ModelProto};
+    for (what, edit) in [("scale", DataType::Float), ("zero point", DataType::Int32)] {
+        let mut proto = ModelProto::decode(good.as_slice()).unwrap();
+        let graph = proto.graph.as_mut().unwrap();
+        let q = graph
+            .node
+            .iter()
+            .find(|n| n.op_type == "QLinearConv")
+            .unwrap();
+        let target = if edit == DataType::Float {
+            q.input[1].clone()
+        } else {
+            q.input[2].clone()
+        };
+        let t = graph
+            .initializer
+            .iter_mut()
+            .find(|t| t.name == target)
+            .unwrap();
+        if edit == DataType::Float {
+            t.raw_data = (-1f32).to_le_bytes().to_vec();
+        } else {
+            t.data_type = DataType::Int32 as i32;
+            t.raw_data = 300i32.to_le_bytes().to_vec();
+        }
+        let bad = dir.path().join("bad.onnx");
+        std::fs::write(&bad, proto.encode_to_vec()).unwrap();
+        let o = run(&["info", bad.to_str().unwrap()]);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(
+            !o.status.success() && err.contains("bad.onnx") && err.contains(what),
+            "{what}: {err}"
+        );
+        assert!(!err.contains("panicked"), "{err}");
+    }
+}
