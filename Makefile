@@ -34,14 +34,14 @@ check:
 
 test: models check
 	cargo test --no-fail-fast
-	bash targets/cross-test.sh --install -- --lib --test library_classify
+	bash targets/cross-test.sh --install -- --lib --test library_classify --test library_quantized
 
 # ---- Device binaries (ARM cross builds; see targets/*.toml, .cargo/config.toml) ----
 #   make device TARGET=pi5                 release binary for a profile in targets/
 #   make device TARGET=pi4 CPU_SPECIFIC=1  add the profile's -C target-cpu flags (own target dir)
 #   make device TARGET=armv7 ZIG=1         gnu triples via cargo-zigbuild: glibc 2.17 floor
 #   make cross-setup                       install cross toolchains, qemu-user, rustup targets
-#   make cross-test                        ARM unit tests under qemu (A53, generic, FP16 paths)
+#   make cross-test                        ARM unit, classification and quantisation tests under qemu
 TARGET ?= pi4
 DEVICE_TOML = targets/$(TARGET).toml
 DEVICE_TRIPLE = $(shell sed -n 's/^triple *= *"\(.*\)"/\1/p' $(DEVICE_TOML) 2>/dev/null)
@@ -78,4 +78,4 @@ cross-setup:
 	bash targets/cross-test.sh --setup --triples "aarch64-unknown-linux-musl aarch64-unknown-linux-gnu armv7-unknown-linux-gnueabihf"
 
 cross-test:
-	bash targets/cross-test.sh --install
+	bash targets/cross-test.sh --install -- --lib --test library_classify --test library_quantized

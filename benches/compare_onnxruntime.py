@@ -9,6 +9,13 @@ per-round medians, and the ratio is resnet-edge over onnxruntime (above 1 = resn
 
     python benches/compare_onnxruntime.py [--bin target/release/resnet-edge]
         [--model a.onnx ...] [--threads 1,2] [--rounds 3] [--num-runs 30] [--warmup-runs 5]
+        [--int8] [--int8-runs 3]
+
+With --int8 each model is also quantised twice and the int8 files compared the same way:
+`resnet-edge quantize` (calibrated on models/photos) against onnxruntime's own QOperator export
+of the same float model (quantize_static, per-channel int8 weights, uint8 activations; its
+calibration data is random, which changes its accuracy, not its speed). Those rows also print
+resnet-edge int8 over resnet-edge f32 (same threads, same run) and the int8/f32 weight bytes.
 
 Without --model it uses full-size torchvision ResNet-18 and ResNet-50 (random weights) from
 benches/export_resnets.py, exporting them first if missing (needs torch and torchvision).
@@ -69,11 +76,41 @@ def measure_ort(model, threads, args) -> float:
     return run_json(cmd, args.timeout)["p50_ms"]
 
 
-def measure_edge(model, threads, args) -> float:
-    cmd = [args.bin, "bench", model, "--threads", str(threads), "--precision", "f32",
-           "--warmup-runs", str(args.warmup_runs), "--num-runs", str(args.num_runs),
-           "--format", "json"]
+
+def measure_edge(model, threads, args, precision="f32", runs=None, warmup=None) -> float:
+    runs = args.num_runs if runs is None else runs
+    warmup = args.warmup_runs if warmup is None else warmup
+    cmd = [args.bin, "bench", model, "--threads", str(threads), "--precision", precision,
+           "--warmup-runs", str(warmup), "--num-runs", str(runs), "--format", "json"]
     return run_json(cmd, args.timeout)["p50_ms"]
+
+
+def quantize_edge(model: str, out: str, args) -> dict:
+    """resnet-edge's own int8 artifact of `model`; returns its quantize report."""
+    cmd = [args.bin, "quantize", model, "--calib", os.path.join(ROOT, "models/photos"),
+           "--out", out, "--format", "json"]
+    return run_json(cmd, args.timeout * 4)
+
+
+def quantize_ort(model: str, out: str) -> None:
+    """onnxruntime's QOperator int8 export of `model` (its own quantiser, for its own kernels)."""
+    import numpy as np
+    from onnxruntime.quantization import (CalibrationDataReader, QuantFormat, QuantType,
+                                          quantize_static)
+
+    shape = input_shape(model)
+    name = __import__("onnx").load(model, load_external_data=False).graph.input[0].name
+
+    class Reader(CalibrationDataReader):
+        def __init__(self):
+            rng = np.random.default_rng(0)
+            self.data = iter([{name: rng.standard_normal(shape, dtype=np.float32)} for _ in range(4)])
+
+        def get_next(self):
+            return next(self.data, None)
+
+    quantize_static(model, out, Reader(), quant_format=QuantFormat.QOperator,
+                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, per_channel=True)
 
 
 def measure_tract(model, shape, args) -> float:
@@ -128,6 +165,9 @@ def main() -> None:
     p.add_argument("--timeout", type=float, default=300, help="seconds allowed per measurement")
     p.add_argument("--tract", default=shutil.which("tract"), help="tract CLI (default: from PATH)")
     p.add_argument("--json", help="also write every measurement here")
+    p.add_argument("--int8", action="store_true", help="also compare int8 artifacts (see above)")
+    p.add_argument("--int8-runs", type=int, default=3,
+                   help="timed runs per int8 measurement (tract's int8 is slow on x86, see README)")
     args = p.parse_args()
     if args.rounds < 1 or args.num_runs < 1 or args.warmup_runs < 0:
         p.error("--rounds and --num-runs must be at least 1, --warmup-runs at least 0")
@@ -153,7 +193,7 @@ def main() -> None:
           f"tract CLI: {args.tract or 'not installed'}")
     print(f"{args.rounds} rounds of A B per cell, each a fresh process: {args.warmup_runs} warmup + "
           f"{args.num_runs} timed single-image runs, median\n")
-    rows, raw = [], []
+    rows, raw, int8_rows = [], [], []
     for model in models:
         name = (os.path.splitext(os.path.basename(model))[0]
                 if os.path.dirname(os.path.abspath(model)) == os.path.abspath(args.models_dir) else model)
@@ -169,16 +209,42 @@ def main() -> None:
             if args.tract and t == 1:
                 tract_ms = statistics.median(measure_tract(model, shape, args) for _ in range(args.rounds))
             o, e = statistics.median(ort_ms), statistics.median(edge_ms)
-            rows.append((name, t, o, e, e / o, tract_ms))
+            rows.append((name, t, "f32", o, e, e / o, tract_ms))
             raw.append({"model": model, "threads": t, "precision": "f32", "onnxruntime_ms": ort_ms,
                         "resnet_edge_ms": edge_ms, "tract_cli_ms": tract_ms})
+        if not args.int8:
+            continue
+        base = os.path.join(args.models_dir, os.path.splitext(os.path.basename(model))[0])
+        edge_q, ort_q = base + ".int8.onnx", base + ".ort-int8.onnx"
+        report = quantize_edge(model, edge_q, args)
+        quantize_ort(model, ort_q)
+        for t in threads:
+            ort_ms, edge_ms, f32_ms = [], [], []
+            for r in range(args.rounds):
+                ort_ms.append(measure_ort(ort_q, t, args))
+                edge_ms.append(measure_edge(edge_q, t, args, "int8", args.int8_runs, 1))
+                f32_ms.append(measure_edge(model, t, args))
+                print(f"  {name} int8 threads {t} round {r + 1}: onnxruntime {ort_ms[-1]:.2f} ms, "
+                      f"resnet-edge {edge_ms[-1]:.2f} ms (its f32 {f32_ms[-1]:.2f} ms)", flush=True)
+            o, e, f = (statistics.median(v) for v in (ort_ms, edge_ms, f32_ms))
+            int8_rows.append((name, t, o, e, e / o, e / f, report["weight_ratio"]))
+            raw.append({"model": edge_q, "threads": t, "precision": "int8", "onnxruntime_ms": ort_ms,
+                        "resnet_edge_ms": edge_ms, "resnet_edge_f32_ms": f32_ms,
+                        "weight_ratio": report["weight_ratio"]})
 
     print()
     print("| model | threads | precision | onnxruntime p50 ms | resnet-edge p50 ms | resnet-edge / onnxruntime | tract CLI ms |")
     print("|---|---|---|---|---|---|---|")
-    for name, t, o, e, ratio, tr in rows:
+    for name, t, prec, o, e, ratio, tr in rows:
         tract = f"{tr:.2f}" if tr is not None else ("n/a" if args.tract else "not installed")
-        print(f"| {name} | {t} | f32 | {o:.2f} | {e:.2f} | {ratio:.2f} | {tract} |")
+        print(f"| {name} | {t} | {prec} | {o:.2f} | {e:.2f} | {ratio:.2f} | {tract} |")
+    if int8_rows:
+        print()
+        print("| model | threads | onnxruntime int8 p50 ms | resnet-edge int8 p50 ms | resnet-edge / onnxruntime "
+              "| resnet-edge int8 / own f32 | int8 / f32 weight bytes |")
+        print("|---|---|---|---|---|---|---|")
+        for name, t, o, e, ratio, own, w in int8_rows:
+            print(f"| {name} | {t} | {o:.2f} | {e:.2f} | {ratio:.2f} | {own:.2f} | {w:.2f} |")
     print(f"\ntotal {time.time() - started:.0f} s; load average at end {os.getloadavg()[0]:.2f}")
     if args.json:
         with open(args.json, "w") as f:

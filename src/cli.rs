@@ -166,7 +166,8 @@ impl PreprocessArgs {
 
 #[derive(Args, Debug)]
 pub struct QuantizeArgs {
-    /// The float model: an ONNX file (a manifest beside it gives the preprocessing).
+    /// The float model: an ONNX file, or torchvision-layout state_dict weights (.safetensors,
+    /// .pth; written as ONNX first). A manifest beside it gives the preprocessing.
     pub model: PathBuf,
     /// Calibration images: files or folders of JPEG/PNG (int8 only).
     #[arg(long, num_args = 1..)]

@@ -202,14 +202,28 @@ fn int8_of_a_float_model_is_a_clear_error() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("unknown precision \"f64\""));
 }
 
+/// torchvision-layout state_dicts are written as ONNX, then f16 (PyTorch's answers are checked
+/// in tests/quantize.rs); the article's layout is refused with a clear message.
 #[test]
-fn state_dict_sources_are_refused_for_artifacts() {
+fn state_dict_sources_make_artifacts_except_the_article_layout() {
     let dir = tempfile::tempdir().unwrap();
     let source = root().join("models/fixtures/resnet18/model.safetensors");
-    let err = write_f16_artifact(&source, true, &dir.path().join("x.onnx"))
+    let out = dir.path().join("x.onnx");
+    let summary = write_f16_artifact(&source, true, &out).unwrap();
+    assert!(summary.converted > 0, "{summary:?}");
+    assert_eq!(summary.bytes_in, std::fs::metadata(&source).unwrap().len());
+    assert_eq!(summary.bytes_out, std::fs::metadata(&out).unwrap().len());
+
+    let article = root().join("models/fixtures/article/resnet18/model.safetensors");
+    let out = dir.path().join("article.onnx");
+    let err = write_f16_artifact(&article, true, &out)
         .unwrap_err()
         .to_string();
-    assert!(err.contains("export the state_dict to ONNX first"), "{err}");
+    assert!(
+        err.contains("article") && err.contains("torchvision-layout"),
+        "{err}"
+    );
+    assert!(!out.exists());
 }
 
 /// What an FP16 core runs: the loaded graph converted to f16 (f32 in and out). Off such cores

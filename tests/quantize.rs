@@ -250,3 +250,78 @@ fn bad_calibration_sets_and_artifacts_are_clear_errors() {
         assert!(!err.contains("panicked"), "{err}");
     }
 }
+
+/// Mean cosine between `model`'s logits on the committed fixture inputs and PyTorch's.
+fn mean_cosine_vs_pytorch(model: &Path, depth: usize) -> f64 {
+    let reference = read_json(&fixtures().join(format!("resnet{depth}/logits.json")));
+    let inputs = input_paths();
+    let mut args = vec![
+        "classify",
+        model.to_str().unwrap(),
+        "--logits",
+        "--format",
+        "json",
+    ];
+    args.extend(inputs.iter().map(String::as_str));
+    let rows = run_json(&args);
+    let rows = rows.as_array().unwrap();
+    assert_eq!(rows.len(), inputs.len());
+    let sum: f64 = rows
+        .iter()
+        .zip(photos())
+        .map(|(row, photo)| cosine(&floats(&row["logits"]), &floats(&reference[stem(&photo)])))
+        .sum();
+    sum / rows.len() as f64
+}
+
+/// state_dict checkpoints (torchvision layout) quantise like ONNX files: written as ONNX first
+/// (BatchNorm folded), then int8 or f16. The article's layout is a clear error.
+#[test]
+fn state_dict_sources_quantise_to_int8_and_f16() {
+    let dir = tempfile::tempdir().unwrap();
+    let photo_dir = root().join("models/photos");
+
+    let model = fixtures().join("resnet50/model.safetensors");
+    let int8 = dir.path().join("x.int8.onnx");
+    let report = quantize(&model, &int8, &["--calib", photo_dir.to_str().unwrap()]);
+    assert!(report["quantised_layers"].as_u64().unwrap() > 0, "{report}");
+    let info = run_json(&["info", int8.to_str().unwrap(), "--format", "json"]);
+    assert_eq!(info["precision"], "int8", "{info}");
+    let mean = mean_cosine_vs_pytorch(&int8, 50);
+    assert!(
+        mean >= 0.99,
+        "resnet50 safetensors int8: mean cosine {mean}"
+    );
+
+    let model = fixtures().join("resnet101/model.pth");
+    let f16 = dir.path().join("x.f16.onnx");
+    quantize(&model, &f16, &["--precision", "f16"]);
+    let info = run_json(&["info", f16.to_str().unwrap(), "--format", "json"]);
+    assert_eq!(info["weights_precision"], "f16", "{info}");
+    let mean = mean_cosine_vs_pytorch(&f16, 101);
+    assert!(mean >= 0.9999, "resnet101 pth f16: mean cosine {mean}");
+
+    let article = fixtures().join("article/resnet18/model.safetensors");
+    for extra in [
+        &["--calib", photo_dir.to_str().unwrap()][..],
+        &["--precision", "f16"][..],
+    ] {
+        let out = dir.path().join("article.onnx");
+        let mut args = vec![
+            "quantize",
+            article.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+        ];
+        args.extend(extra);
+        let o = run(&args);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(!o.status.success(), "{extra:?}: {err}");
+        assert!(
+            err.contains("article") && err.contains("torchvision-layout"),
+            "{extra:?}: {err}"
+        );
+        assert!(!err.contains("panicked"), "{err}");
+        assert!(!out.exists(), "{extra:?} wrote {}", out.display());
+    }
+}

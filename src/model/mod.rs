@@ -108,18 +108,49 @@ pub fn load(path: &Path, options: &LoadOptions) -> Result<LoadedModel> {
     }
 }
 
-fn load_state_dict(path: &Path, kind: SourceKind, options: &LoadOptions) -> Result<LoadedModel> {
-    let weights = StateDict::open(path)?;
+/// `path` (by extension) as an ONNX protobuf, for graph transforms (int8 quantisation, f16
+/// artifacts) that rewrite ONNX: an ONNX file is read with its BatchNorm folded when
+/// `options.fold_batchnorm`; `state_dict` weights are written as the ONNX graph of the network
+/// the native builder builds ([`resnet::onnx_export`], BatchNorm always folded, torchvision's key
+/// layout only), architecture detected or taken from `options.arch`/`options.resnet_layout`.
+pub fn source_proto(path: &Path, options: &LoadOptions) -> Result<onnx::SourceProto> {
+    if !path.is_file() {
+        return Err(Error::file(path, "no such model file"));
+    }
+    match SourceKind::of(path)? {
+        SourceKind::Onnx => onnx::read_proto(path, options.fold_batchnorm),
+        SourceKind::Safetensors | SourceKind::Pth => {
+            let weights = StateDict::open(path)?;
+            let config = state_dict_config(&weights, options)?;
+            let exported = resnet::onnx_export::export(&weights, &config)?;
+            Ok(onnx::SourceProto {
+                proto: exported.proto,
+                dir: None,
+                batchnorm_nodes: exported.batchnorm,
+                batchnorm_folded: exported.batchnorm_folded,
+            })
+        }
+    }
+}
+
+/// The architecture of `weights`: detected from the keys, with `options.resnet_layout` and
+/// `options.arch` overriding the detected layout and depth.
+fn state_dict_config(weights: &StateDict, options: &LoadOptions) -> Result<ResNetConfig> {
     let detected = match options.resnet_layout {
-        Some(layout) => ResNetConfig::detect_as(&weights, layout)?,
-        None => ResNetConfig::detect(&weights)?,
+        Some(layout) => ResNetConfig::detect_as(weights, layout)?,
+        None => ResNetConfig::detect(weights)?,
     };
-    let config = match &options.arch {
+    Ok(match &options.arch {
         Some(arch) => {
             ResNetConfig::from_arch(arch, detected.num_classes)?.with_layout(detected.layout)
         }
         None => detected,
-    };
+    })
+}
+
+fn load_state_dict(path: &Path, kind: SourceKind, options: &LoadOptions) -> Result<LoadedModel> {
+    let weights = StateDict::open(path)?;
+    let config = state_dict_config(&weights, options)?;
     let fp16 = Fp16Support::native();
     let precision = crate::precision::choose(
         options.precision,

@@ -24,7 +24,7 @@ use tract_onnx::pb::{
 };
 use tract_onnx::prelude::*;
 
-use crate::model::SourceKind;
+use crate::model::LoadOptions;
 use crate::{Error, Result};
 
 /// Initializers smaller than this stay f32: scalars and shape-like constants save nothing and
@@ -254,23 +254,33 @@ pub fn run_in_f16(mut model: TypedModel) -> TractResult<TypedModel> {
     Ok(model)
 }
 
-/// Write `source` (an ONNX model, BatchNorm folded when `fold_batchnorm`) as an f16 artifact at
-/// `out`: weights f16 behind Cast nodes ([`to_f16`]), all data inline, and the metadata entry
-/// `resnet-edge.precision = f16`. state_dict sources are refused: export them to ONNX first.
+/// Write `source` (an ONNX model, BatchNorm folded when `fold_batchnorm`, or torchvision-layout
+/// `state_dict` weights, architecture detected) as an f16 artifact at `out`: weights f16 behind
+/// Cast nodes ([`to_f16`]), all data inline, and the metadata entry
+/// `resnet-edge.precision = f16`.
 pub fn write_f16_artifact(source: &Path, fold_batchnorm: bool, out: &Path) -> Result<F16Summary> {
-    if SourceKind::of(source)? != SourceKind::Onnx {
-        return Err(Error::file(
-            source,
-            "f16 artifacts are written from ONNX models: export the state_dict to ONNX first (torch.onnx.export), then convert that",
-        ));
-    }
+    let options = LoadOptions {
+        fold_batchnorm,
+        ..LoadOptions::default()
+    };
+    write_f16_artifact_with(source, &options, out)
+}
+
+/// [`write_f16_artifact`] with the load options that say how to read `source`
+/// (`fold_batchnorm`, and `arch`/`resnet_layout` for `state_dict` weights; see
+/// [`crate::model::source_proto`]).
+pub fn write_f16_artifact_with(
+    source: &Path,
+    options: &LoadOptions,
+    out: &Path,
+) -> Result<F16Summary> {
     if same_file(source, out) {
         return Err(Error::file(
             out,
             "is the source model; write the f16 artifact to another file",
         ));
     }
-    let read = crate::model::onnx::read_proto(source, fold_batchnorm)?;
+    let read = crate::model::source_proto(source, options)?;
     let mut proto = read.proto;
     let dir = read.dir;
     let onnx = crate::model::onnx::onnx();

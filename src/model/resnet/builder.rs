@@ -11,9 +11,9 @@ use tract_core::ops::cnn::{Conv, KernelFormat, MaxPool, PaddingSpec, PoolSpec};
 use tract_core::ops::einsum::EinSum;
 use tract_core::ops::nn::{DataFormat, Reduce, Reducer};
 
+use super::weights::{ConvWeights, Reader};
 use super::{BlockKind, ResNetConfig, ResNetLayout};
 use crate::model::state_dict::StateDict;
-use crate::transform::BatchNormParams;
 use crate::{Error, Result};
 
 /// The graph, and what became of the checkpoint's BatchNorms.
@@ -40,20 +40,10 @@ pub fn build(
         config.check_article_shapes(weights)?;
     }
     let mut b = Builder {
-        weights,
-        config,
+        read: Reader::new(weights, config),
         model: TypedModel::default(),
-        batchnorm: vec![],
-        batchnorm_folded: 0,
     };
-    let stem = match config.layout {
-        ResNetLayout::Torchvision => "conv1.weight",
-        ResNetLayout::Article => "layer0.0.weight",
-    };
-    let in_channels = match weights.shape(stem) {
-        Some(&[_, c, _, _]) => c,
-        other => return Err(b.shape_error(stem, other, "[out, in, kh, kw]")),
-    };
+    let in_channels = b.read.stem_channels()?;
     let input = b
         .model
         .add_source("input", f32::fact([batch, in_channels, height, width]))
@@ -81,8 +71,8 @@ pub fn build(
     b.model.declutter().map_err(tract)?;
     Ok(Built {
         model: b.model,
-        batchnorm: b.batchnorm,
-        batchnorm_folded: b.batchnorm_folded,
+        batchnorm: b.read.batchnorm,
+        batchnorm_folded: b.read.batchnorm_folded,
     })
 }
 
@@ -95,98 +85,12 @@ fn dim(d: &TDim) -> Result<usize> {
 }
 
 struct Builder<'a> {
-    weights: &'a StateDict,
-    config: &'a ResNetConfig,
+    /// Reads the weights, BatchNorm folded, and records the BatchNorms.
+    read: Reader<'a>,
     model: TypedModel,
-    batchnorm: Vec<String>,
-    batchnorm_folded: usize,
-}
-
-/// A conv's weights as the graph will hold them: OIHW kernel and one bias per output channel.
-struct ConvWeights {
-    weight: Vec<f32>,
-    bias: Vec<f32>,
-    out: usize,
-    per_group: usize,
-    kh: usize,
-    kw: usize,
 }
 
 impl Builder<'_> {
-    fn shape_error(&self, key: &str, got: Option<&[usize]>, want: &str) -> Error {
-        match got {
-            Some(shape) => Error::file(
-                self.weights.path(),
-                format!("{key} has shape {shape:?}, expected {want}"),
-            ),
-            None => Error::file(self.weights.path(), format!("missing key {key}")),
-        }
-    }
-
-    /// A tensor of exactly `len` values, or an error naming the key.
-    fn vector(&self, key: &str, len: usize) -> Result<Vec<f32>> {
-        let v = self.weights.to_f32(key)?;
-        if v.len() != len {
-            return Err(self.shape_error(key, self.weights.shape(key), &format!("[{len}]")));
-        }
-        Ok(v)
-    }
-
-    fn bn(&mut self, bn: &str, channels: usize) -> Result<[Vec<f32>; 4]> {
-        let params = [
-            self.vector(&format!("{bn}.weight"), channels)?,
-            self.vector(&format!("{bn}.bias"), channels)?,
-            self.vector(&format!("{bn}.running_mean"), channels)?,
-            self.vector(&format!("{bn}.running_var"), channels)?,
-        ];
-        self.batchnorm.push(bn.to_string());
-        Ok(params)
-    }
-
-    /// Fold `[gamma, beta, mean, var]` into `c`: w' = w s, b' = (b - mean) s + beta with
-    /// s = gamma / sqrt(var + eps), so a conv bias (the article's) folds along.
-    fn fold(&mut self, c: &mut ConvWeights, [gamma, beta, mean, var]: &[Vec<f32>; 4]) {
-        BatchNormParams {
-            gamma,
-            beta,
-            mean,
-            var,
-            eps: self.config.bn_eps,
-        }
-        .fold_into(&mut c.weight, &mut c.bias);
-        self.batchnorm_folded += 1;
-    }
-
-    /// Read `{conv}.weight` (and `{conv}.bias` in the article's layout, else zeros) for an input
-    /// `x`, checking the kernel is odd and the channels fit.
-    fn read_conv(&self, conv: &str, x: OutletId) -> Result<ConvWeights> {
-        let key = format!("{conv}.weight");
-        let (out, per_group, kh, kw) = match self.weights.shape(&key) {
-            Some(&[o, i, kh, kw]) if o > 0 && i > 0 && kh % 2 == 1 && kw % 2 == 1 => (o, i, kh, kw),
-            other => return Err(self.shape_error(&key, other, "[out, in, odd kh, odd kw]")),
-        };
-        let in_channels = self.channels(x)?;
-        if in_channels % per_group != 0 || out % (in_channels / per_group) != 0 {
-            return Err(Error::file(
-                self.weights.path(),
-                format!("{key} expects {per_group} input channels per group, the layer before gives {in_channels}"),
-            ));
-        }
-        let bias = if self.config.layout.conv_bias() {
-            self.vector(&format!("{conv}.bias"), out)?
-        } else {
-            vec![0f32; out]
-        };
-        Ok(ConvWeights {
-            weight: self.weights.to_f32(&key)?,
-            bias,
-            out,
-            per_group,
-            kh,
-            kw,
-        })
-    }
-
     /// Conv with `bn` folded in, optionally followed by ReLU.
     fn conv_bn(
         &mut self,
@@ -196,9 +100,7 @@ impl Builder<'_> {
         stride: usize,
         relu: bool,
     ) -> Result<OutletId> {
-        let mut c = self.read_conv(conv, x)?;
-        let params = self.bn(bn, c.out)?;
-        self.fold(&mut c, &params);
+        let c = self.read.conv_bn(conv, bn, self.channels(x)?)?;
         let y = self.wire_conv(conv, x, c, stride)?;
         if relu {
             self.relu(&format!("{conv}.relu"), y)
@@ -214,16 +116,16 @@ impl Builder<'_> {
     /// is named under the BN (`layer0.2.relu`, not `layer0.3`): tract fuses the three into one
     /// node named after the last, which `info` must still count as BN-derived.
     fn article_stem(&mut self, x: OutletId) -> Result<OutletId> {
-        let mut c = self.read_conv("layer0.0", x)?;
-        let params = self.bn("layer0.2", c.out)?;
+        let mut c = self.read.conv("layer0.0", self.channels(x)?)?;
+        let params = self.read.bn("layer0.2", c.out)?;
         let [gamma, beta, mean, var] = &params;
         let scale: Vec<f32> = gamma
             .iter()
             .zip(var)
-            .map(|(g, v)| g / (v + self.config.bn_eps).sqrt())
+            .map(|(g, v)| g / (v + self.read.config.bn_eps).sqrt())
             .collect();
         if scale.iter().all(|s| *s >= 0.0) {
-            self.fold(&mut c, &params);
+            self.read.fold(&mut c, &params);
             let y = self.wire_conv("layer0.0", x, c, 2)?;
             let y = self.max_pool("layer0.1", y)?;
             self.relu("layer0.3", y)
@@ -354,10 +256,10 @@ impl Builder<'_> {
     /// article ReLUs the branch before the add too (`relu(relu(bn2(conv2(x))) + shortcut)`).
     fn block(&mut self, prefix: &str, x: OutletId, stride: usize) -> Result<OutletId> {
         let mut y = x;
-        let convs = self.config.block.convs();
-        let relu_before_add = self.config.layout == ResNetLayout::Article;
+        let convs = self.read.config.block.convs();
+        let relu_before_add = self.read.config.layout == ResNetLayout::Article;
         for i in 1..=convs {
-            let s = match self.config.block {
+            let s = match self.read.config.block {
                 BlockKind::Basic if i == 1 => stride,
                 BlockKind::Bottleneck if i == 2 => stride,
                 _ => 1,
@@ -370,8 +272,8 @@ impl Builder<'_> {
                 i < convs || relu_before_add,
             )?;
         }
-        let (conv, bn) = self.config.layout.shortcut(prefix);
-        let shortcut = if self.weights.contains(&format!("{conv}.weight")) {
+        let (conv, bn) = self.read.config.layout.shortcut(prefix);
+        let shortcut = if self.read.weights.contains(&format!("{conv}.weight")) {
             self.conv_bn(&conv, &bn, x, stride, false)?
         } else {
             x
@@ -386,7 +288,7 @@ impl Builder<'_> {
         );
         if ys != ss {
             return Err(Error::file(
-                self.weights.path(),
+                self.read.weights.path(),
                 format!("{prefix}: block output {ys:?} does not match its shortcut {ss:?} (missing {conv}?)"),
             ));
         }
@@ -436,17 +338,13 @@ impl Builder<'_> {
     /// `y = x W^T + b`, PyTorch's `nn.Linear`.
     fn linear(&mut self, name: &str, x: OutletId) -> Result<OutletId> {
         let features = self.channels(x)?;
-        let classes = self.config.num_classes;
-        let key = format!("{name}.weight");
-        match self.weights.shape(&key) {
-            Some(&[o, i]) if o == classes && i == features => {}
-            other => {
-                return Err(self.shape_error(&key, other, &format!("[{classes}, {features}]")))
-            }
-        }
-        let w =
-            Tensor::from_shape(&[classes, features], &self.weights.to_f32(&key)?).map_err(tract)?;
-        let w = self.model.add_const(key, w).map_err(tract)?;
+        let classes = self.read.config.num_classes;
+        let (weight, bias) = self.read.linear(name, features)?;
+        let w = Tensor::from_shape(&[classes, features], &weight).map_err(tract)?;
+        let w = self
+            .model
+            .add_const(format!("{name}.weight"), w)
+            .map_err(tract)?;
         let axes: AxesMapping = "nk,ok->no".parse().map_err(tract)?;
         let y = self
             .model
@@ -456,11 +354,7 @@ impl Builder<'_> {
                 &[x, w],
             )
             .map_err(tract)?[0];
-        let bias = Tensor::from_shape(
-            &[1, classes],
-            &self.vector(&format!("{name}.bias"), classes)?,
-        )
-        .map_err(tract)?;
+        let bias = Tensor::from_shape(&[1, classes], &bias).map_err(tract)?;
         let bias = self
             .model
             .add_const(format!("{name}.bias"), bias)

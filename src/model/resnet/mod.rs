@@ -9,6 +9,8 @@
 //! differently.
 
 pub mod builder;
+pub mod onnx_export;
+mod weights;
 
 use std::collections::BTreeSet;
 use std::fmt;

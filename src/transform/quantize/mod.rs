@@ -23,7 +23,7 @@ pub use report::QuantReport;
 
 use crate::classifier::{Classifier, ClassifierOptions};
 use crate::model::onnx::{self as onnx_source, SourceProto};
-use crate::model::{LoadOptions, SourceKind};
+use crate::model::LoadOptions;
 use crate::plan::Plan;
 use crate::precision::Precision;
 use crate::preprocess::load_image;
@@ -71,17 +71,13 @@ pub fn quantize_int8(
     out: &Path,
     options: &QuantizeOptions,
 ) -> Result<QuantReport> {
-    if SourceKind::of(model)? != SourceKind::Onnx {
-        return Err(Error::usage(format!(
-            "{}: int8 quantisation rewrites ONNX graphs; export this state_dict to ONNX first (torch.onnx.export, see the README)",
-            model.display()
-        )));
-    }
     // Calibrate and compare against f32 even where `auto` would pick f16 (FP16 boards).
     let mut float_options = options.classifier.clone();
     float_options.load.precision = Precision::F32;
+    // The ONNX graph to rewrite: the file itself, or a state_dict written as ONNX (read first,
+    // so a checkpoint that cannot be written as ONNX fails before anything is built).
+    let source = crate::model::source_proto(model, &float_options.load)?;
     let float = Classifier::open(model, &float_options)?;
-    let source = onnx_source::read_proto(model, options.classifier.load.fold_batchnorm)?;
     let graph = source
         .proto
         .graph
