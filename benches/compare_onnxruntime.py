@@ -109,7 +109,11 @@ def quantize_ort(model: str, out: str) -> None:
         def get_next(self):
             return next(self.data, None)
 
-    quantize_static(model, out, Reader(), quant_format=QuantFormat.QOperator,
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    prepared = out + ".pre.onnx"
+    quant_pre_process(model, prepared)  # shape inference + folding its quantiser expects
+    quantize_static(prepared, out, Reader(), quant_format=QuantFormat.QOperator,
                     activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, per_channel=True)
 
 

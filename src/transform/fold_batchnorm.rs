@@ -35,6 +35,7 @@ pub fn fold_batchnorm(
     model_dir: Option<&str>,
 ) -> TractResult<FoldReport> {
     let mut report = FoldReport::default();
+    bypass_constant_identities(graph);
     let mut ix = 0;
     while ix < graph.node.len() {
         if graph.node[ix].op_type != "BatchNormalization" {
@@ -50,6 +51,34 @@ pub fn fold_batchnorm(
         }
     }
     Ok(report)
+}
+
+/// Read initializers directly where an `Identity` node only renames one. torch's exporter emits
+/// such nodes when it deduplicates equal parameters (seen on downsample BatchNorms whose running
+/// statistics equal another layer's), and a BN fed through them would otherwise not fold.
+fn bypass_constant_identities(graph: &mut GraphProto) {
+    let inits: std::collections::HashSet<String> =
+        graph.initializer.iter().map(|t| t.name.clone()).collect();
+    let outputs: std::collections::HashSet<String> =
+        graph.output.iter().map(|o| o.name.clone()).collect();
+    let renames: HashMap<String, String> = graph
+        .node
+        .iter()
+        .filter(|n| n.op_type == "Identity" && n.input.len() == 1 && n.output.len() == 1)
+        .filter(|n| inits.contains(&n.input[0]) && !outputs.contains(&n.output[0]))
+        .map(|n| (n.output[0].clone(), n.input[0].clone()))
+        .collect();
+    if renames.is_empty() {
+        return;
+    }
+    graph.node.retain(|n| {
+        !(n.op_type == "Identity" && n.output.len() == 1 && renames.contains_key(&n.output[0]))
+    });
+    for input in graph.node.iter_mut().flat_map(|n| n.input.iter_mut()) {
+        if let Some(init) = renames.get(input) {
+            *input = init.clone();
+        }
+    }
 }
 
 /// BN nodes have names in most exports; fall back to their output name.
@@ -301,6 +330,18 @@ mod tests {
         // s = [2/2, 1/0.5] = [1, 2]
         assert_eq!(values(&g, "w"), vec![1.0, 2.0, 6.0, 8.0]);
         // b' = (0 - mean) * s + beta = [-1 + 0.5, 0 - 1]
+        assert_eq!(values(&g, &g.node[0].input[2]), vec![-0.5, -1.0]);
+    }
+
+    #[test]
+    fn folds_bn_whose_parameters_come_through_identity_nodes() {
+        let mut g = conv_bn_graph();
+        g.node[1].input[3] = "m_copy".into();
+        g.node.insert(0, node("Identity", &["m"], "m_copy"));
+        let report =
+            fold_batchnorm(&mut g, &tract_onnx::data_resolver::MmapDataResolver, None).unwrap();
+        assert_eq!(report.folded, 1, "{:?}", report.left);
+        assert_eq!(g.node.len(), 1);
         assert_eq!(values(&g, &g.node[0].input[2]), vec![-0.5, -1.0]);
     }
 
