@@ -157,6 +157,14 @@ pub fn onnx_weights(graph: &tract_onnx::pb::GraphProto) -> Precision {
     }
 }
 
+/// Measured on x86-64 with AVX2 (README): tract 0.23.9's integer matmuls run ResNet-50 many
+/// times slower than its f32 ones, so an int8 artifact there is for checking, not for speed.
+const X86_INT8: &str = if cfg!(target_arch = "x86_64") {
+    " (on x86_64 tract's int8 kernels are far slower than its f32 ones: see the README)"
+} else {
+    ""
+};
+
 /// Decide what runs. `stored` is what the file holds (`F32`, `F16` or `Int8`); `fp16` whether
 /// tract has native FP16 arithmetic here (`cpu` says why, for the reason). Asking for a
 /// precision the file cannot give (f32/f16 of an int8 artifact, int8 of a float model) is a
@@ -179,8 +187,13 @@ pub fn choose(
                 ),
             ))
         }
-        (Precision::Int8, Precision::Auto) => (Precision::Int8, "auto; int8 artifact".into()),
-        (Precision::Int8, _) => (Precision::Int8, "requested int8; int8 artifact".into()),
+        (Precision::Int8, Precision::Auto) => {
+            (Precision::Int8, format!("auto; int8 artifact{X86_INT8}"))
+        }
+        (Precision::Int8, _) => (
+            Precision::Int8,
+            format!("requested int8; int8 artifact{X86_INT8}"),
+        ),
         (_, Precision::Int8) => {
             return Err(Error::file(
                 file,

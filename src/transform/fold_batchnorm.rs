@@ -56,7 +56,7 @@ pub fn fold_batchnorm(
 /// Read initializers directly where an `Identity` node only renames one. torch's exporter emits
 /// such nodes when it deduplicates equal parameters (seen on downsample BatchNorms whose running
 /// statistics equal another layer's), and a BN fed through them would otherwise not fold.
-fn bypass_constant_identities(graph: &mut GraphProto) {
+pub fn bypass_constant_identities(graph: &mut GraphProto) {
     let inits: std::collections::HashSet<String> =
         graph.initializer.iter().map(|t| t.name.clone()).collect();
     let outputs: std::collections::HashSet<String> =

@@ -76,7 +76,11 @@ pub fn quantize_int8(
     float_options.load.precision = Precision::F32;
     // The ONNX graph to rewrite: the file itself, or a state_dict written as ONNX (read first,
     // so a checkpoint that cannot be written as ONNX fails before anything is built).
-    let source = crate::model::source_proto(model, &float_options.load)?;
+    let mut source = crate::model::source_proto(model, &float_options.load)?;
+    // Weights and biases must be initializers to quantise (even with BN folding off).
+    if let Some(graph) = source.proto.graph.as_mut() {
+        crate::transform::fold_batchnorm::bypass_constant_identities(graph);
+    }
     let float = Classifier::open(model, &float_options)?;
     let graph = source
         .proto
@@ -111,10 +115,7 @@ pub fn quantize_int8(
         (files.clone(), files, false)
     };
     let calib_inputs = preprocess_all(&float, &calib_files, "calibration")?;
-    let eval_images = decode_all(&eval_files);
-    if eval_images.is_empty() {
-        return Err(Error::usage("no readable evaluation image"));
-    }
+    let eval_inputs = preprocess_all(&float, &eval_files, "evaluation")?;
 
     // Calibrate on the float graph with every observed tensor as an extra output.
     let probe = with_outputs(&source, &analysis.observed);
@@ -167,9 +168,8 @@ pub fn quantize_int8(
         .collect();
 
     // Write the artifact, then a probed twin to measure per-layer error.
-    let artifact = rewritten(&source, &analysis, &params, false)
+    let mut artifact = rewritten(&source, &analysis, &params, false)
         .map_err(|e| Error::file(model, format!("quantising: {e:#}")))?;
-    let mut artifact = artifact;
     add_metadata(&mut artifact, model, options, calib_inputs.len());
     let bytes = prost::Message::encode_to_vec(&artifact);
     std::fs::write(out, &bytes).map_err(|e| Error::file(out, e))?;
@@ -188,7 +188,6 @@ pub fn quantize_int8(
         ..load.clone()
     };
     let quant_probe = load_plan(out, probed, &int8_load, options.classifier.threads)?;
-    let eval_inputs = preprocess_all(&float, &eval_files, "evaluation")?;
     let mut report = report::Accumulator::new(&analysis);
     for input in &eval_inputs {
         let f = run_all(&float_probe, input.clone())?;
