@@ -13,16 +13,6 @@ use resnet_edge::plan::Plan;
 use resnet_edge::precision::Precision;
 use resnet_edge::transform::half::write_f16_artifact;
 
-fn cosine(a: &[f32], b: &[f32]) -> f64 {
-    let dot: f64 = a.iter().zip(b).map(|(&x, &y)| x as f64 * y as f64).sum();
-    let norm = |v: &[f32]| v.iter().map(|&x| (x as f64).powi(2)).sum::<f64>().sqrt();
-    dot / (norm(a) * norm(b))
-}
-
-fn argmax(v: &[f32]) -> usize {
-    (0..v.len()).fold(0, |best, i| if v[i] > v[best] { i } else { best })
-}
-
 /// The model file plus its external-data file, if any.
 fn bytes_on_disk(model: &Path) -> u64 {
     let data = model.with_extension("onnx.data");
@@ -30,29 +20,18 @@ fn bytes_on_disk(model: &Path) -> u64 {
     size(model) + size(&data)
 }
 
-/// Mean cosine similarity and top-1 agreement of classify's logits with PyTorch's f32 logits.
+/// Mean cosine similarity (>= 0.9999) and top-1 agreement of classify's logits with PyTorch's.
 fn check_logits(model: &str, depth: usize, extra: &[&str]) {
-    let reference = read_json(&fixtures().join(format!("resnet{depth}/logits.json")));
-    let inputs = input_paths();
-    let mut args = vec!["classify", model, "--logits", "--format", "json"];
-    args.extend(extra);
-    args.extend(inputs.iter().map(String::as_str));
-    let rows = run_json(&args);
-    let rows = rows.as_array().unwrap();
-    assert_eq!(rows.len(), inputs.len());
-    let mut sum = 0.0;
-    for (row, photo) in rows.iter().zip(photos()) {
-        let want = floats(&reference[stem(&photo)]);
-        let got = floats(&row["logits"]);
-        sum += cosine(&got, &want);
+    let json = fixtures().join(format!("resnet{depth}/logits.json"));
+    let rows = logits_vs_reference(model, &json, extra);
+    for (photo, got, want) in &rows {
         assert_eq!(
-            argmax(&got),
-            argmax(&want),
-            "{model} on {}: top-1 differs",
-            stem(&photo)
+            argmax(got),
+            argmax(want),
+            "{model} on {photo}: top-1 differs"
         );
     }
-    let mean = sum / rows.len() as f64;
+    let mean = rows.iter().map(|(_, g, w)| cosine(g, w)).sum::<f64>() / rows.len() as f64;
     assert!(mean >= 0.9999, "{model} {extra:?}: mean cosine {mean}");
 }
 

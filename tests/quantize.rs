@@ -91,12 +91,6 @@ fn digits_int8_within_one_point_and_f16_within_a_fifth_of_f32() {
     );
 }
 
-fn cosine(a: &[f32], b: &[f32]) -> f64 {
-    let dot: f64 = a.iter().zip(b).map(|(x, y)| *x as f64 * *y as f64).sum();
-    let n = |v: &[f32]| v.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt();
-    dot / (n(a) * n(b))
-}
-
 #[test]
 fn fixture_resnets_int8_keep_logit_cosine_above_0_99_for_every_method() {
     let dir = tempfile::tempdir().unwrap();
@@ -110,23 +104,7 @@ fn fixture_resnets_int8_keep_logit_cosine_above_0_99_for_every_method() {
             &out,
             &["--calib", photo_dir.to_str().unwrap(), "--method", method],
         );
-        let reference = read_json(&fixtures().join(format!("resnet{depth}/logits.json")));
-        let inputs = input_paths();
-        let mut args = vec![
-            "classify",
-            out.to_str().unwrap(),
-            "--logits",
-            "--format",
-            "json",
-        ];
-        args.extend(inputs.iter().map(String::as_str));
-        let rows = run_json(&args);
-        let rows = rows.as_array().unwrap();
-        let mut sum = 0.0;
-        for (row, photo) in rows.iter().zip(photos()) {
-            sum += cosine(&floats(&row["logits"]), &floats(&reference[stem(&photo)]));
-        }
-        let mean = sum / rows.len() as f64;
+        let mean = mean_cosine_vs_pytorch(out.to_str().unwrap(), depth, &[]);
         assert!(mean >= 0.99, "resnet{depth} ({method}): mean cosine {mean}");
     }
 }
@@ -254,29 +232,6 @@ fn bad_calibration_sets_and_artifacts_are_clear_errors() {
     }
 }
 
-/// Mean cosine between `model`'s logits on the committed fixture inputs and PyTorch's.
-fn mean_cosine_vs_pytorch(model: &Path, depth: usize) -> f64 {
-    let reference = read_json(&fixtures().join(format!("resnet{depth}/logits.json")));
-    let inputs = input_paths();
-    let mut args = vec![
-        "classify",
-        model.to_str().unwrap(),
-        "--logits",
-        "--format",
-        "json",
-    ];
-    args.extend(inputs.iter().map(String::as_str));
-    let rows = run_json(&args);
-    let rows = rows.as_array().unwrap();
-    assert_eq!(rows.len(), inputs.len());
-    let sum: f64 = rows
-        .iter()
-        .zip(photos())
-        .map(|(row, photo)| cosine(&floats(&row["logits"]), &floats(&reference[stem(&photo)])))
-        .sum();
-    sum / rows.len() as f64
-}
-
 /// state_dict checkpoints (torchvision layout) quantise like ONNX files: written as ONNX first
 /// (BatchNorm folded), then int8 or f16. The article's layout is a clear error.
 #[test]
@@ -290,7 +245,7 @@ fn state_dict_sources_quantise_to_int8_and_f16() {
     assert!(report["quantised_layers"].as_u64().unwrap() > 0, "{report}");
     let info = run_json(&["info", int8.to_str().unwrap(), "--format", "json"]);
     assert_eq!(info["precision"], "int8", "{info}");
-    let mean = mean_cosine_vs_pytorch(&int8, 50);
+    let mean = mean_cosine_vs_pytorch(int8.to_str().unwrap(), 50, &[]);
     assert!(
         mean >= 0.99,
         "resnet50 safetensors int8: mean cosine {mean}"
@@ -301,7 +256,7 @@ fn state_dict_sources_quantise_to_int8_and_f16() {
     quantize(&model, &f16, &["--precision", "f16"]);
     let info = run_json(&["info", f16.to_str().unwrap(), "--format", "json"]);
     assert_eq!(info["weights_precision"], "f16", "{info}");
-    let mean = mean_cosine_vs_pytorch(&f16, 101);
+    let mean = mean_cosine_vs_pytorch(f16.to_str().unwrap(), 101, &[]);
     assert!(mean >= 0.9999, "resnet101 pth f16: mean cosine {mean}");
 
     let article = fixtures().join("article/resnet18/model.safetensors");

@@ -102,9 +102,13 @@ pub fn input_paths() -> Vec<String> {
         .collect()
 }
 
-/// One model file, all preprocessed photos in one run (plus `extra` flags), each logits row
-/// within 1e-4 relative of PyTorch's in `logits_json`.
-pub fn check_against_pytorch(model: &str, logits_json: &Path, extra: &[&str]) {
+/// `classify --logits` of `model` (plus `extra` flags) on every preprocessed photo in one run,
+/// each row paired with PyTorch's logits for that photo from `logits_json`: `(photo, got, want)`.
+pub fn logits_vs_reference(
+    model: &str,
+    logits_json: &Path,
+    extra: &[&str],
+) -> Vec<(String, Vec<f32>, Vec<f32>)> {
     let reference = read_json(logits_json);
     let inputs = input_paths();
     let mut args = vec!["classify", model, "--logits", "--format", "json"];
@@ -113,14 +117,43 @@ pub fn check_against_pytorch(model: &str, logits_json: &Path, extra: &[&str]) {
     let rows = run_json(&args);
     let rows = rows.as_array().unwrap();
     assert_eq!(rows.len(), inputs.len());
-    for (row, photo) in rows.iter().zip(photos()) {
-        let want = floats(&reference[stem(&photo)]);
-        let got = floats(&row["logits"]);
+    rows.iter()
+        .zip(photos())
+        .map(|(row, photo)| {
+            let want = floats(&reference[stem(&photo)]);
+            (stem(&photo), floats(&row["logits"]), want)
+        })
+        .collect()
+}
+
+/// [`logits_vs_reference`] for fixture ResNet-`depth`, with the mean cosine similarity.
+pub fn mean_cosine_vs_pytorch(model: &str, depth: usize, extra: &[&str]) -> f64 {
+    let json = fixtures().join(format!("resnet{depth}/logits.json"));
+    let rows = logits_vs_reference(model, &json, extra);
+    rows.iter()
+        .map(|(_, got, want)| cosine(got, want))
+        .sum::<f64>()
+        / rows.len() as f64
+}
+
+pub fn cosine(a: &[f32], b: &[f32]) -> f64 {
+    let dot: f64 = a.iter().zip(b).map(|(&x, &y)| x as f64 * y as f64).sum();
+    let norm = |v: &[f32]| v.iter().map(|&x| (x as f64).powi(2)).sum::<f64>().sqrt();
+    dot / (norm(a) * norm(b))
+}
+
+pub fn argmax(v: &[f32]) -> usize {
+    (0..v.len()).fold(0, |best, i| if v[i] > v[best] { i } else { best })
+}
+
+/// One model file, all preprocessed photos in one run (plus `extra` flags), each logits row
+/// within 1e-4 relative of PyTorch's in `logits_json`.
+pub fn check_against_pytorch(model: &str, logits_json: &Path, extra: &[&str]) {
+    for (photo, got, want) in logits_vs_reference(model, logits_json, extra) {
         let d = rel_diff(&got, &want);
         assert!(
             d < 1e-4,
-            "{model} {extra:?} on {}: relative diff {d:e}",
-            stem(&photo)
+            "{model} {extra:?} on {photo}: relative diff {d:e}"
         );
     }
 }
