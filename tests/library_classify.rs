@@ -18,6 +18,16 @@ fn reference(depth: usize) -> serde_json::Value {
     serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
 }
 
+/// PyTorch's logits for one photo from a `logits.json`.
+fn row(reference: &serde_json::Value, stem: &str) -> Vec<f32> {
+    reference[stem]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_f64().unwrap() as f32)
+        .collect()
+}
+
 fn rel_diff(got: &[f32], want: &[f32]) -> f32 {
     let scale = want.iter().fold(0f32, |m, v| m.max(v.abs()));
     got.iter()
@@ -50,12 +60,7 @@ fn check(depth: usize, form: &str, threads: usize) {
         .collect();
     let predictions = classifier.classify_preprocessed(&inputs, 3).unwrap();
     for (stem, p) in STEMS.iter().zip(predictions) {
-        let want: Vec<f32> = reference[*stem]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|v| v.as_f64().unwrap() as f32)
-            .collect();
+        let want = row(&reference, stem);
         let d = rel_diff(&p.raw, &want);
         assert!(
             d < 1e-4,
@@ -95,12 +100,7 @@ fn photo_end_to_end_matches_pytorch_top1() {
         .collect();
     for (photo, p) in photos.iter().zip(classifier.classify(&images, 1).unwrap()) {
         let stem = photo.file_stem().unwrap().to_str().unwrap();
-        let want: Vec<f32> = reference[stem]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|v| v.as_f64().unwrap() as f32)
-            .collect();
+        let want = row(&reference, stem);
         let best = want
             .iter()
             .enumerate()
@@ -134,12 +134,7 @@ fn auto_precision_follows_the_cpu() {
             .classify_preprocessed(&[input], 1)
             .unwrap()
             .remove(0);
-        let want: Vec<f32> = reference[stem]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|v| v.as_f64().unwrap() as f32)
-            .collect();
+        let want = row(&reference, stem);
         let d = rel_diff(&p.raw, &want);
         let tolerance = if fp16.native { 2e-2 } else { 1e-4 };
         assert!(
