@@ -237,6 +237,7 @@ struct Emitter {
 
 impl Emitter {
     fn node(&mut self, op: &str, inputs: &[&str], output: &str) -> &mut NodeProto {
+        let ix = self.nodes.len();
         self.nodes.push(NodeProto {
             op_type: op.into(),
             name: format!("{output}.{op}"),
@@ -244,7 +245,7 @@ impl Emitter {
             output: vec![output.into()],
             ..NodeProto::default()
         });
-        self.nodes.last_mut().expect("just pushed")
+        &mut self.nodes[ix]
     }
 
     fn scalar_params(&mut self, base: &str, p: QParams) -> (String, String) {
