@@ -284,6 +284,166 @@ impl Emitter {
     }
 }
 
+/// A quantised op's float weight (with its dims) and bias, as read from the graph.
+struct OpWeights {
+    w: Vec<f32>,
+    dims: Vec<i64>,
+    bias: Option<Vec<f32>>,
+}
+
+impl Emitter {
+    /// `op` as `QLinearConv` from uint8 input `x` to uint8 output with parameters `y`.
+    fn conv(
+        &mut self,
+        op: &QOp,
+        attributes: &[AttributeProto],
+        (xq, xp): (String, QParams),
+        OpWeights { w, dims, bias }: OpWeights,
+        y: QParams,
+    ) -> anyhow::Result<()> {
+        let channels = dims.first().copied().unwrap_or(1).max(1) as usize;
+        let floor = bias
+            .as_deref()
+            .map(|b| bias_scale_floor(b, xp.scale))
+            .unwrap_or_default();
+        let (wq, ws) = quantize_weights_min(&w, channels, true, &floor);
+        let wname = format!("{}.q", op.weight);
+        let c = [channels as i64];
+        self.inits
+            .push(tensor(&wname, &dims, DataType::Int8, i8_bytes(&wq)));
+        self.inits.push(tensor(
+            &format!("{wname}.scale"),
+            &c,
+            DataType::Float,
+            f32_bytes(&ws),
+        ));
+        self.inits.push(tensor(
+            &format!("{wname}.zero_point"),
+            &c,
+            DataType::Int8,
+            vec![0; channels],
+        ));
+        let yq = format!("{}.q", op.output);
+        let (ys, yz) = self.scalar_params(&yq, y);
+        let mut inputs = vec![
+            xq.clone(),
+            format!("{xq}.scale"),
+            format!("{xq}.zero_point"),
+            wname.clone(),
+            format!("{wname}.scale"),
+            format!("{wname}.zero_point"),
+            ys,
+            yz,
+        ];
+        if let Some(b) = bias {
+            anyhow::ensure!(
+                b.len() == channels,
+                "bias of {} has {} values for {channels} channels",
+                op.name,
+                b.len()
+            );
+            let bq = quantize_bias(&b, xp.scale, &ws)
+                .map_err(|e| anyhow::anyhow!("{}: {e}", op.name))?;
+            let bname = format!("{}.bias.q", op.name);
+            let raw = bq.iter().flat_map(|v| v.to_le_bytes()).collect();
+            self.inits.push(tensor(&bname, &c, DataType::Int32, raw));
+            inputs.push(bname);
+        }
+        let refs: Vec<&str> = inputs.iter().map(String::as_str).collect();
+        let n = self.node("QLinearConv", &refs, &yq);
+        n.name = op.name.clone();
+        n.attribute = attributes.to_vec();
+        self.quantized.insert(op.output.clone(), (yq, y));
+        Ok(())
+    }
+
+    /// `op` as `MatMulInteger` on uint8 input `x`, then one float rescale and the bias.
+    fn fc(
+        &mut self,
+        op: &QOp,
+        trans_b: bool,
+        (xq, xp): (String, QParams),
+        OpWeights { w, dims, bias }: OpWeights,
+    ) -> anyhow::Result<()> {
+        anyhow::ensure!(dims.len() == 2, "{}: weight is not a matrix", op.name);
+        let (rows, cols) = (dims[0] as usize, dims[1] as usize);
+        // MatMulInteger wants B as [K, N].
+        let (k, n, w) = if trans_b {
+            let mut t = vec![0f32; w.len()];
+            for r in 0..rows {
+                for c in 0..cols {
+                    t[c * rows + r] = w[r * cols + c];
+                }
+            }
+            (cols, rows, t)
+        } else {
+            (rows, cols, w)
+        };
+        let (wq, ws) = quantize_weights(&w, n, false);
+        let wname = format!("{}.q", op.weight);
+        let (wz, rescale) = (format!("{wname}.zero_point"), format!("{wname}.rescale"));
+        let nn = [n as i64];
+        self.inits.push(tensor(
+            &wname,
+            &[k as i64, n as i64],
+            DataType::Int8,
+            i8_bytes(&wq),
+        ));
+        self.inits
+            .push(tensor(&wz, &nn, DataType::Int8, vec![0; n]));
+        let scales: Vec<f32> = ws.iter().map(|s| s * xp.scale).collect();
+        self.inits
+            .push(tensor(&rescale, &nn, DataType::Float, f32_bytes(&scales)));
+        let out = &op.output;
+        let acc = format!("{out}.int32");
+        self.node(
+            "MatMulInteger",
+            &[&xq, &wname, &format!("{xq}.zero_point"), &wz],
+            &acc,
+        );
+        let as_float = format!("{out}.int32.float");
+        let cast = self.node("Cast", &[&acc], &as_float);
+        cast.attribute.push(AttributeProto {
+            name: "to".into(),
+            r#type: AttributeType::Int as i32,
+            i: DataType::Float as i64,
+            ..AttributeProto::default()
+        });
+        match (&op.bias, bias) {
+            (Some(b), Some(values)) => {
+                anyhow::ensure!(
+                    values.len() == n,
+                    "bias of {} has {} values for {n} outputs",
+                    op.name,
+                    values.len()
+                );
+                let scaled = format!("{out}.unbiased");
+                self.node("Mul", &[&as_float, &rescale], &scaled);
+                self.node("Add", &[&scaled, b], out);
+            }
+            _ => {
+                self.node("Mul", &[&as_float, &rescale], out);
+            }
+        }
+        self.float.insert(out.clone());
+        Ok(())
+    }
+
+    /// Dequantise uint8 tensor `tensor` into a probe output; returns the probe's name.
+    fn probe(&mut self, tensor: &str) -> String {
+        let probe = probe_name(tensor);
+        if let Some((q, _)) = self.quantized.get(tensor).cloned() {
+            let (s, z) = (format!("{q}.scale"), format!("{q}.zero_point"));
+            self.node("DequantizeLinear", &[&q, &s, &z], &probe);
+        }
+        probe
+    }
+}
+
+fn i8_bytes(v: &[i8]) -> Vec<u8> {
+    v.iter().map(|&x| x as u8).collect()
+}
+
 fn tensor(name: &str, dims: &[i64], dt: DataType, raw: Vec<u8>) -> TensorProto {
     TensorProto {
         name: name.into(),
@@ -345,154 +505,22 @@ pub fn rewrite(graph: &mut GraphProto, rw: &Rewrite) -> anyhow::Result<()> {
             continue;
         }
         if let Some(op) = ops.get(&ix) {
-            let (xq, xp) = e.quantized(&op.input, params_of(rw.params, &op.input)?)?;
-            let (xs, xz) = (format!("{xq}.scale"), format!("{xq}.zero_point"));
+            let x = e.quantized(&op.input, params_of(rw.params, &op.input)?)?;
             let (w, dims) = read(&op.weight)?;
             let bias = match &op.bias {
                 Some(b) => Some(read(b)?.0),
                 None => None,
             };
+            let weights = OpWeights { w, dims, bias };
             match op.kind {
                 QKind::Conv => {
-                    let channels = dims[0].max(1) as usize;
-                    let floor = bias
-                        .as_deref()
-                        .map(|b| bias_scale_floor(b, xp.scale))
-                        .unwrap_or_default();
-                    let (wq, ws) = quantize_weights_min(&w, channels, true, &floor);
-                    let wname = format!("{}.q", op.weight);
-                    e.inits.push(tensor(
-                        &wname,
-                        &dims,
-                        DataType::Int8,
-                        wq.iter().map(|&v| v as u8).collect(),
-                    ));
-                    let c = [channels as i64];
-                    e.inits.push(tensor(
-                        &format!("{wname}.scale"),
-                        &c,
-                        DataType::Float,
-                        f32_bytes(&ws),
-                    ));
-                    e.inits.push(tensor(
-                        &format!("{wname}.zero_point"),
-                        &c,
-                        DataType::Int8,
-                        vec![0; channels],
-                    ));
-                    let yp = params_of(rw.params, &op.output)?;
-                    let yq = format!("{}.q", op.output);
-                    let (ys, yz) = e.scalar_params(&yq, yp);
-                    let mut inputs = vec![
-                        xq.clone(),
-                        xs,
-                        xz,
-                        wname.clone(),
-                        format!("{wname}.scale"),
-                        format!("{wname}.zero_point"),
-                        ys,
-                        yz,
-                    ];
-                    if let Some(b) = bias {
-                        anyhow::ensure!(
-                            b.len() == channels,
-                            "bias of {} has {} values for {channels} channels",
-                            op.name,
-                            b.len()
-                        );
-                        let bq = quantize_bias(&b, xp.scale, &ws)
-                            .map_err(|e| anyhow::anyhow!("{}: {e}", op.name))?;
-                        let bname = format!("{}.bias.q", op.name);
-                        e.inits.push(tensor(
-                            &bname,
-                            &c,
-                            DataType::Int32,
-                            bq.iter().flat_map(|v| v.to_le_bytes()).collect(),
-                        ));
-                        inputs.push(bname);
-                    }
-                    let refs: Vec<&str> = inputs.iter().map(String::as_str).collect();
-                    let n = e.node("QLinearConv", &refs, &yq);
-                    n.name = op.name.clone();
-                    n.attribute = node.attribute.clone();
-                    e.quantized.insert(op.output.clone(), (yq, yp));
+                    let y = params_of(rw.params, &op.output)?;
+                    e.conv(op, &node.attribute, x, weights, y)?;
                     if rw.probes {
-                        let probe = probe_name(&op.output);
-                        let (q, _) = e.quantized[&op.output].clone();
-                        let (s, z) = (format!("{q}.scale"), format!("{q}.zero_point"));
-                        e.node("DequantizeLinear", &[&q, &s, &z], &probe);
-                        probes.push(probe);
+                        probes.push(e.probe(&op.output));
                     }
                 }
-                QKind::Fc { trans_b } => {
-                    anyhow::ensure!(dims.len() == 2, "{}: weight is not a matrix", op.name);
-                    let (rows, cols) = (dims[0] as usize, dims[1] as usize);
-                    // MatMulInteger wants B as [K, N].
-                    let (k, n, w) = if trans_b {
-                        let mut t = vec![0f32; w.len()];
-                        for r in 0..rows {
-                            for c in 0..cols {
-                                t[c * rows + r] = w[r * cols + c];
-                            }
-                        }
-                        (cols, rows, t)
-                    } else {
-                        (rows, cols, w)
-                    };
-                    let (wq, ws) = quantize_weights(&w, n, false);
-                    let wname = format!("{}.q", op.weight);
-                    e.inits.push(tensor(
-                        &wname,
-                        &[k as i64, n as i64],
-                        DataType::Int8,
-                        wq.iter().map(|&v| v as u8).collect(),
-                    ));
-                    e.inits.push(tensor(
-                        &format!("{wname}.zero_point"),
-                        &[n as i64],
-                        DataType::Int8,
-                        vec![0; n],
-                    ));
-                    let rescale: Vec<f32> = ws.iter().map(|s| s * xp.scale).collect();
-                    e.inits.push(tensor(
-                        &format!("{wname}.rescale"),
-                        &[n as i64],
-                        DataType::Float,
-                        f32_bytes(&rescale),
-                    ));
-                    let out = &op.output;
-                    let acc = format!("{out}.int32");
-                    e.node(
-                        "MatMulInteger",
-                        &[&xq, &wname, &xz, &format!("{wname}.zero_point")],
-                        &acc,
-                    );
-                    let as_float = format!("{out}.int32.float");
-                    let cast = e.node("Cast", &[&acc], &as_float);
-                    cast.attribute.push(AttributeProto {
-                        name: "to".into(),
-                        r#type: AttributeType::Int as i32,
-                        i: DataType::Float as i64,
-                        ..AttributeProto::default()
-                    });
-                    match (&op.bias, bias) {
-                        (Some(b), Some(values)) => {
-                            anyhow::ensure!(
-                                values.len() == n,
-                                "bias of {} has {} values for {n} outputs",
-                                op.name,
-                                values.len()
-                            );
-                            let scaled = format!("{out}.unbiased");
-                            e.node("Mul", &[&as_float, &format!("{wname}.rescale")], &scaled);
-                            e.node("Add", &[&scaled, b], out);
-                        }
-                        _ => {
-                            e.node("Mul", &[&as_float, &format!("{wname}.rescale")], out);
-                        }
-                    }
-                    e.float.insert(out.clone());
-                }
+                QKind::Fc { trans_b } => e.fc(op, trans_b, x, weights)?,
             }
             continue;
         }
