@@ -283,3 +283,39 @@ fn state_dict_sources_quantise_to_int8_and_f16() {
         assert!(!out.exists(), "{extra:?} wrote {}", out.display());
     }
 }
+
+/// `--keep-f32` leaves the named layer float: the report names it and the artifact still
+/// holds one float `Conv`, the rest `QLinearConv`.
+#[test]
+fn keep_f32_leaves_the_named_conv_in_float() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = fixtures().join("resnet18/legacy.onnx");
+    let out = dir.path().join("kept.int8.onnx");
+    let photo_dir = root().join("models/photos");
+    let report = quantize(
+        &model,
+        &out,
+        &[
+            "--calib",
+            photo_dir.to_str().unwrap(),
+            "--keep-f32",
+            "/conv1/*",
+        ],
+    );
+    assert_eq!(report["kept_f32"], serde_json::json!(["/conv1/Conv"]));
+    use prost::Message;
+    let bytes = std::fs::read(&out).unwrap();
+    let proto = tract_onnx::pb::ModelProto::decode(bytes.as_slice()).unwrap();
+    let ops: Vec<&str> = proto
+        .graph
+        .as_ref()
+        .unwrap()
+        .node
+        .iter()
+        .map(|n| n.op_type.as_str())
+        .collect();
+    assert_eq!(ops.iter().filter(|o| **o == "Conv").count(), 1);
+    assert_eq!(ops.iter().filter(|o| **o == "QLinearConv").count(), 19);
+    let mean = mean_cosine_vs_pytorch(out.to_str().unwrap(), 18, &[]);
+    assert!(mean >= 0.99, "mean cosine {mean}");
+}
