@@ -106,9 +106,16 @@ impl Plan {
 
 /// The model's first output as f32 values, whatever float type it was computed in.
 pub(crate) fn first_output(outputs: &[TValue]) -> Result<Vec<f32>> {
-    let output = outputs
-        .first()
-        .ok_or_else(|| Error::usage("the model produced no output"))?
+    f32_values(
+        outputs
+            .first()
+            .ok_or_else(|| Error::usage("the model produced no output"))?,
+    )
+}
+
+/// One output's values as f32, whatever float type it was computed in.
+pub(crate) fn f32_values(output: &TValue) -> Result<Vec<f32>> {
+    let output = output
         .cast_to::<f32>()
         .map_err(|e| Error::tract("reading the output", e))?;
     Ok(f32_slice(&output)

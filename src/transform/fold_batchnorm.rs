@@ -262,28 +262,8 @@ fn set_f32_data(t: &mut TensorProto, values: &[f32]) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::transform::test_graph::{f32_init as init, node};
     use tract_onnx::pb::{AttributeProto, ValueInfoProto};
-
-    fn init(name: &str, dims: &[i64], values: &[f32]) -> TensorProto {
-        let mut t = TensorProto {
-            name: name.into(),
-            dims: dims.to_vec(),
-            data_type: tract_onnx::pb::tensor_proto::DataType::Float as i32,
-            ..TensorProto::default()
-        };
-        set_f32_data(&mut t, values);
-        t
-    }
-
-    fn node(op: &str, inputs: &[&str], output: &str) -> NodeProto {
-        NodeProto {
-            op_type: op.into(),
-            name: output.into(),
-            input: inputs.iter().map(|s| s.to_string()).collect(),
-            output: vec![output.into()],
-            ..NodeProto::default()
-        }
-    }
 
     /// One 1x1 conv (2 -> 2 channels, no bias) followed by BN, with hand-computed expectations.
     fn conv_bn_graph() -> GraphProto {

@@ -397,28 +397,9 @@ fn same_file(a: &Path, b: &Path) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::transform::test_graph::{f32_init, node};
     use tract_onnx::data_resolver::MmapDataResolver;
     use tract_onnx::pb::ValueInfoProto;
-
-    fn f32_init(name: &str, dims: &[i64], values: &[f32]) -> TensorProto {
-        TensorProto {
-            name: name.into(),
-            dims: dims.to_vec(),
-            data_type: DataType::Float as i32,
-            raw_data: values.iter().flat_map(|v| v.to_le_bytes()).collect(),
-            ..TensorProto::default()
-        }
-    }
-
-    fn node(op: &str, inputs: &[&str], output: &str) -> NodeProto {
-        NodeProto {
-            op_type: op.into(),
-            name: output.into(),
-            input: inputs.iter().map(|s| s.to_string()).collect(),
-            output: vec![output.into()],
-            ..NodeProto::default()
-        }
-    }
 
     fn f32_values(graph: &GraphProto, name: &str) -> Vec<f32> {
         let t = graph.initializer.iter().find(|t| t.name == name).unwrap();

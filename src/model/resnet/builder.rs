@@ -12,7 +12,7 @@ use tract_core::ops::einsum::EinSum;
 use tract_core::ops::nn::{DataFormat, Reduce, Reducer};
 
 use super::weights::{ConvWeights, Reader};
-use super::{BlockKind, ResNetConfig, ResNetLayout};
+use super::{ResNetConfig, ResNetLayout};
 use crate::model::state_dict::StateDict;
 use crate::{Error, Result};
 
@@ -259,11 +259,7 @@ impl Builder<'_> {
         let convs = self.read.config.block.convs();
         let relu_before_add = self.read.config.layout == ResNetLayout::Article;
         for i in 1..=convs {
-            let s = match self.read.config.block {
-                BlockKind::Basic if i == 1 => stride,
-                BlockKind::Bottleneck if i == 2 => stride,
-                _ => 1,
-            };
+            let s = self.read.config.block.conv_stride(i, stride);
             y = self.conv_bn(
                 &format!("{prefix}.conv{i}"),
                 &format!("{prefix}.bn{i}"),

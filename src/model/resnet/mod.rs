@@ -38,6 +38,16 @@ impl BlockKind {
             BlockKind::Bottleneck => 3,
         }
     }
+
+    /// The stride of conv `i` (1-based) in a block that downsamples by `block_stride`: the
+    /// first 3x3 of a basic block, the 3x3 (conv2) of a bottleneck (torchvision's "ResNet v1.5").
+    pub fn conv_stride(self, i: usize, block_stride: usize) -> usize {
+        match self {
+            BlockKind::Basic if i == 1 => block_stride,
+            BlockKind::Bottleneck if i == 2 => block_stride,
+            _ => 1,
+        }
+    }
 }
 
 /// Whose module names and wiring a checkpoint follows.

@@ -16,7 +16,7 @@ use tract_onnx::pb::{
 };
 
 use super::weights::{ConvWeights, Reader};
-use super::{BlockKind, ResNetConfig, ResNetLayout};
+use super::{ResNetConfig, ResNetLayout};
 use crate::model::state_dict::StateDict;
 use crate::{Error, Result};
 
@@ -294,11 +294,7 @@ impl Exporter<'_> {
         let convs = self.read.config.block.convs();
         let mut y = x.clone();
         for i in 1..=convs {
-            let s = match self.read.config.block {
-                BlockKind::Basic if i == 1 => stride,
-                BlockKind::Bottleneck if i == 2 => stride,
-                _ => 1,
-            };
+            let s = self.read.config.block.conv_stride(i, stride);
             y = self.conv_bn(
                 &format!("{prefix}.conv{i}"),
                 &format!("{prefix}.bn{i}"),
@@ -358,6 +354,7 @@ impl Exporter<'_> {
 mod tests {
     use std::path::{Path, PathBuf};
 
+    use crate::model::resnet::BlockKind;
     use prost::Message;
     use tract_core::prelude::*;
 

@@ -385,15 +385,5 @@ fn run_all(plan: &Plan, input: Tensor) -> Result<Vec<Vec<f32>>> {
         .runnable()
         .run(tvec!(input.into()))
         .map_err(|e| Error::tract("inference", e))?;
-    outputs
-        .iter()
-        .map(|o| {
-            let t = o
-                .cast_to::<f32>()
-                .map_err(|e| Error::tract("reading an output", e))?;
-            Ok(crate::plan::f32_slice(&t)
-                .map_err(|e| Error::tract("reading an output", e))?
-                .to_vec())
-        })
-        .collect()
+    outputs.iter().map(crate::plan::f32_values).collect()
 }
