@@ -34,6 +34,8 @@ check:
 
 test: models check
 	cargo test --no-fail-fast
+	# The speed rewrites are on above; the library's PyTorch checks once more with all of them off.
+	RESNET_EDGE_NO_REWRITE=all cargo test --no-fail-fast --test library_classify
 	bash targets/cross-test.sh --install -- --lib --test library_classify --test library_quantized
 
 # ---- Device binaries (ARM cross builds; see targets/*.toml, .cargo/config.toml) ----

@@ -9,7 +9,10 @@ per-round medians, and the ratio is resnet-edge over onnxruntime (above 1 = resn
 
     python benches/compare_onnxruntime.py [--bin target/release/resnet-edge]
         [--model a.onnx ...] [--threads 1,2] [--rounds 3] [--num-runs 30] [--warmup-runs 5]
-        [--int8] [--int8-runs 3]
+        [--int8] [--int8-runs 3] [--no-before]
+
+Each f32 round also runs resnet-edge with its speed rewrites off (`--no-rewrite all`, the
+"before" column) unless --no-before, so one run shows what the rewrites buy.
 
 With --int8 each model is also quantised twice and the int8 files compared the same way:
 `resnet-edge quantize` (calibrated on models/photos) against onnxruntime's own QOperator export
@@ -77,11 +80,14 @@ def measure_ort(model, threads, args) -> float:
 
 
 
-def measure_edge(model, threads, args, precision="f32", runs=None, warmup=None) -> float:
+def measure_edge(model, threads, args, precision="f32", runs=None, warmup=None,
+                 no_rewrite=None) -> float:
     runs = args.num_runs if runs is None else runs
     warmup = args.warmup_runs if warmup is None else warmup
     cmd = [args.bin, "bench", model, "--threads", str(threads), "--precision", precision,
            "--warmup-runs", str(warmup), "--num-runs", str(runs), "--format", "json"]
+    if no_rewrite:
+        cmd += ["--no-rewrite", no_rewrite]
     return run_json(cmd, args.timeout)["p50_ms"]
 
 
@@ -169,6 +175,8 @@ def main() -> None:
     p.add_argument("--timeout", type=float, default=300, help="seconds allowed per measurement")
     p.add_argument("--tract", default=shutil.which("tract"), help="tract CLI (default: from PATH)")
     p.add_argument("--json", help="also write every measurement here")
+    p.add_argument("--no-before", action="store_true",
+                   help="skip the f32 runs with every speed rewrite off")
     p.add_argument("--int8", action="store_true", help="also compare int8 artifacts (see above)")
     p.add_argument("--int8-runs", type=int, default=3,
                    help="timed runs per int8 measurement (tract's int8 is slow on x86, see README)")
@@ -203,19 +211,25 @@ def main() -> None:
                 if os.path.dirname(os.path.abspath(model)) == os.path.abspath(args.models_dir) else model)
         shape = input_shape(model)
         for t in threads:
-            ort_ms, edge_ms = [], []
+            ort_ms, edge_ms, before_ms = [], [], []
             for r in range(args.rounds):
                 ort_ms.append(measure_ort(model, t, args))
                 edge_ms.append(measure_edge(model, t, args))
+                before = ""
+                if not args.no_before:
+                    before_ms.append(measure_edge(model, t, args, no_rewrite="all"))
+                    before = f" (rewrites off {before_ms[-1]:.2f} ms)"
                 print(f"  {name} threads {t} round {r + 1}: onnxruntime {ort_ms[-1]:.2f} ms, "
-                      f"resnet-edge {edge_ms[-1]:.2f} ms", flush=True)
+                      f"resnet-edge {edge_ms[-1]:.2f} ms{before}", flush=True)
             tract_ms = None
             if args.tract and t == 1:
                 tract_ms = statistics.median(measure_tract(model, shape, args) for _ in range(args.rounds))
             o, e = statistics.median(ort_ms), statistics.median(edge_ms)
-            rows.append((name, t, "f32", o, e, e / o, tract_ms))
+            b = statistics.median(before_ms) if before_ms else None
+            rows.append((name, t, "f32", o, e, e / o, b, tract_ms))
             raw.append({"model": model, "threads": t, "precision": "f32", "onnxruntime_ms": ort_ms,
-                        "resnet_edge_ms": edge_ms, "tract_cli_ms": tract_ms})
+                        "resnet_edge_ms": edge_ms, "resnet_edge_rewrites_off_ms": before_ms,
+                        "tract_cli_ms": tract_ms})
         if not args.int8:
             continue
         base = os.path.join(args.models_dir, os.path.splitext(os.path.basename(model))[0])
@@ -237,11 +251,13 @@ def main() -> None:
                         "weight_ratio": report["weight_ratio"]})
 
     print()
-    print("| model | threads | precision | onnxruntime p50 ms | resnet-edge p50 ms | resnet-edge / onnxruntime | tract CLI ms |")
-    print("|---|---|---|---|---|---|---|")
-    for name, t, prec, o, e, ratio, tr in rows:
+    print("| model | threads | precision | onnxruntime p50 ms | resnet-edge p50 ms | resnet-edge / onnxruntime "
+          "| before: rewrites off p50 ms | before / onnxruntime | tract CLI ms |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for name, t, prec, o, e, ratio, b, tr in rows:
         tract = f"{tr:.2f}" if tr is not None else ("n/a" if args.tract else "not installed")
-        print(f"| {name} | {t} | {prec} | {o:.2f} | {e:.2f} | {ratio:.2f} | {tract} |")
+        before = f"{b:.2f} | {b / o:.2f}" if b is not None else "- | -"
+        print(f"| {name} | {t} | {prec} | {o:.2f} | {e:.2f} | {ratio:.2f} | {before} | {tract} |")
     if int8_rows:
         print()
         print("| model | threads | onnxruntime int8 p50 ms | resnet-edge int8 p50 ms | resnet-edge / onnxruntime "

@@ -12,6 +12,7 @@ use resnet_edge::manifest::OutputKind;
 use resnet_edge::model::resnet::ResNetLayout;
 use resnet_edge::model::LoadOptions;
 use resnet_edge::preprocess::{load_image, ChannelOrder, ResizeMode};
+use resnet_edge::transform::rewrite::Rewrites;
 use resnet_edge::{npy, Error, Result};
 
 #[derive(Parser, Debug)]
@@ -81,6 +82,10 @@ pub struct ModelArgs {
     /// Leave ONNX BatchNormalization nodes to tract (to measure what folding buys).
     #[arg(long)]
     pub no_fold_batchnorm: bool,
+    /// Switch speed rewrites off to measure them: `winograd`, `residual-add` (comma-separated)
+    /// or `all`. RESNET_EDGE_NO_REWRITE does the same.
+    #[arg(long, value_name = "NAMES", default_value = "", hide_default_value = true, value_parser = parse_no_rewrite)]
+    pub no_rewrite: Rewrites,
     /// f32, f16, int8 or auto: f16 runs in f16 only on cores with FP16 arithmetic (else f32,
     /// weights widened); int8 needs an int8 artifact; auto picks per CPU and file.
     #[arg(long, default_value = "auto", value_parser = parse_precision)]
@@ -273,6 +278,7 @@ impl ModelArgs {
                 batch: self.batch,
                 arch: self.arch.clone(),
                 fold_batchnorm: !self.no_fold_batchnorm,
+                rewrites: self.no_rewrite.clone(),
                 precision: self.precision,
                 resnet_layout: self.layout.as_deref().map(|l| match l {
                     "article" => ResNetLayout::Article,
@@ -338,6 +344,7 @@ fn info(args: InfoArgs) -> Result<()> {
                 "precision       {} ({})",
                 info.precision, info.precision_reason
             );
+            println!("rewrites        {}", info.rewrites);
             println!("output          {:?}", info.output_shape);
             println!("parameters      {}", info.parameters);
             println!("MACs per image  {}", info.macs_per_image);
@@ -474,6 +481,10 @@ pub struct MeasureArgs {
     /// Leave ONNX BatchNormalization nodes to tract (to measure what folding buys).
     #[arg(long)]
     pub no_fold_batchnorm: bool,
+    /// Switch speed rewrites off to measure them: `winograd`, `residual-add` (comma-separated)
+    /// or `all`. RESNET_EDGE_NO_REWRITE does the same.
+    #[arg(long, value_name = "NAMES", default_value = "", hide_default_value = true, value_parser = parse_no_rewrite)]
+    pub no_rewrite: Rewrites,
     #[arg(long, value_enum, default_value_t = ReportFormat::Table)]
     pub format: ReportFormat,
 }
@@ -504,6 +515,10 @@ fn parse_precision(s: &str) -> std::result::Result<resnet_edge::precision::Preci
     s.parse().map_err(|e: Error| e.to_string())
 }
 
+fn parse_no_rewrite(s: &str) -> std::result::Result<Rewrites, String> {
+    Rewrites::all().without(s)
+}
+
 fn parse_threads(s: &str) -> std::result::Result<usize, String> {
     s.trim()
         .parse::<usize>()
@@ -523,6 +538,7 @@ impl MeasureArgs {
                 batch: self.batch,
                 arch: self.arch.clone(),
                 fold_batchnorm: !self.no_fold_batchnorm,
+                rewrites: self.no_rewrite.clone(),
                 ..LoadOptions::default()
             },
             threads: self.threads,

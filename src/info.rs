@@ -13,6 +13,7 @@ use crate::model::{LoadedModel, SourceKind};
 use crate::plan::Plan;
 use crate::precision::Precision;
 use crate::preprocess::Layout;
+use crate::transform::rewrite::{winograd, RewriteReport};
 use crate::Result;
 
 #[derive(Debug, Clone, serde::Serialize)]
@@ -43,6 +44,8 @@ pub struct ModelInfo {
     pub precision_requested: Precision,
     /// What the file stores: f32, f16 (an f16 artifact) or int8 (an int8 artifact).
     pub weights_precision: Precision,
+    /// The speed rewrites applied, and how many places each changed.
+    pub rewrites: RewriteReport,
 }
 
 impl ModelInfo {
@@ -52,12 +55,17 @@ impl ModelInfo {
         let mut parameters = 0;
         let mut macs = 0u64;
         for node in model.nodes() {
+            // Winograd's transformed kernels count as the 3x3 kernels they stand for.
+            macs += node_macs(model, node).unwrap_or(0);
+            if let Some((params, _)) = winograd::direct_conv_equivalent(model, node) {
+                parameters += params;
+                continue;
+            }
             if let Some(k) = node.op_as::<Const>() {
                 if k.val().datum_type().is_float() && k.val().len() > 1 {
                     parameters += k.val().len();
                 }
             }
-            macs += node_macs(model, node).unwrap_or(0);
         }
         let optimized = plan.model();
         let mut ops = BTreeMap::new();
@@ -101,6 +109,7 @@ impl ModelInfo {
             precision_reason: loaded.precision.reason.clone(),
             precision_requested: loaded.precision.requested,
             weights_precision: loaded.precision.weights,
+            rewrites: loaded.rewrites.clone(),
         })
     }
 }
@@ -108,6 +117,9 @@ impl ModelInfo {
 /// Multiply-accumulates of a conv (output elements x kernel taps per output) or an einsum
 /// (product of all axis sizes), for the whole batch; other ops count as free.
 pub(crate) fn node_macs(model: &TypedModel, node: &TypedNode) -> Option<u64> {
+    if let Some((_, direct)) = winograd::direct_conv_equivalent(model, node) {
+        return Some(direct);
+    }
     let facts = model.node_input_facts(node.id).ok()?;
     if let Some(conv) = node.op_as::<Conv>() {
         let out = model

@@ -8,6 +8,7 @@ use resnet_edge::classifier::{Classifier, ClassifierOptions};
 use resnet_edge::model::LoadOptions;
 use resnet_edge::precision::{Fp16Support, Precision};
 use resnet_edge::preprocess::load_image;
+use resnet_edge::transform::rewrite::{self, Rewrite};
 
 fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -50,6 +51,16 @@ fn check(depth: usize, form: &str, threads: usize) {
         ..ClassifierOptions::default()
     };
     let classifier = Classifier::open(&model, &options).unwrap();
+    // The speed rewrites are on (unless switched off for the whole run): this is the check that
+    // they leave the outputs unchanged on each CPU the suite runs on, qemu's ARM ones included.
+    if std::env::var_os(rewrite::DISABLE_ENV).is_none() {
+        let rewrites = &classifier.loaded.rewrites;
+        assert!(
+            rewrites.count(Rewrite::Winograd) > 0 && rewrites.count(Rewrite::ResidualAdd) > 0,
+            "{}: {rewrites}",
+            model.display()
+        );
+    }
     let reference = reference(depth);
     let inputs: Vec<_> = STEMS
         .iter()

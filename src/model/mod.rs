@@ -11,6 +11,7 @@ use tract_core::prelude::*;
 
 use crate::precision::{Fp16Support, Precision, PrecisionChoice};
 use crate::preprocess::Layout;
+use crate::transform::rewrite::{RewriteReport, Rewrites};
 use crate::{Error, Result};
 use resnet::{ResNetConfig, ResNetLayout};
 use state_dict::StateDict;
@@ -58,6 +59,9 @@ pub struct LoadOptions {
     pub resnet_layout: Option<ResNetLayout>,
     /// The precision to run in; `Auto` picks per CPU and file (see [`crate::precision`]).
     pub precision: Precision,
+    /// Speed rewrites to apply ([`crate::transform::rewrite`]); those named in
+    /// `RESNET_EDGE_NO_REWRITE` are switched off on top of this.
+    pub rewrites: Rewrites,
 }
 
 impl Default for LoadOptions {
@@ -69,6 +73,7 @@ impl Default for LoadOptions {
             image_size: 224,
             resnet_layout: None,
             precision: Precision::Auto,
+            rewrites: Rewrites::all(),
         }
     }
 }
@@ -92,6 +97,8 @@ pub struct LoadedModel {
     pub precision: PrecisionChoice,
     /// f16 weights of an f16 artifact widened to f32 at load.
     pub f16_widened: usize,
+    /// The speed rewrites applied to the graph, and where.
+    pub rewrites: RewriteReport,
 }
 
 /// Load `path` (by extension) into a decluttered tract graph.
@@ -102,10 +109,16 @@ pub fn load(path: &Path, options: &LoadOptions) -> Result<LoadedModel> {
     if !path.is_file() {
         return Err(Error::file(path, "no such model file"));
     }
-    match SourceKind::of(path)? {
-        SourceKind::Onnx => onnx::load(path, options),
-        kind => load_state_dict(path, kind, options),
-    }
+    let rewrites = options.rewrites.without_env()?;
+    let mut loaded = match SourceKind::of(path)? {
+        SourceKind::Onnx => onnx::load(path, options)?,
+        kind => load_state_dict(path, kind, options)?,
+    };
+    let (model, report) = crate::transform::rewrite::apply(loaded.model, &rewrites)
+        .map_err(|e| Error::file(path, format!("speed rewrites: {e:#}")))?;
+    loaded.model = model;
+    loaded.rewrites = report;
+    Ok(loaded)
 }
 
 /// `path` (by extension) as an ONNX protobuf, for graph transforms (int8 quantisation, f16
@@ -174,6 +187,7 @@ fn load_state_dict(path: &Path, kind: SourceKind, options: &LoadOptions) -> Resu
         batchnorm_folded: built.batchnorm_folded,
         precision,
         f16_widened: 0,
+        rewrites: RewriteReport::default(),
     })
 }
 

@@ -146,6 +146,7 @@ pub fn load_proto(path: &Path, source: SourceProto, options: &LoadOptions) -> Re
         batchnorm_folded,
         precision,
         f16_widened,
+        rewrites: Default::default(),
     })
 }
 

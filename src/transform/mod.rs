@@ -3,6 +3,7 @@
 pub mod fold_batchnorm;
 pub mod half;
 pub mod quantize;
+pub mod rewrite;
 
 pub use fold_batchnorm::{fold_batchnorm, BatchNormParams, FoldReport};
 

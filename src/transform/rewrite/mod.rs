@@ -1,0 +1,255 @@
+//! Speed rewrites: small named rules applied to the decluttered f32 graph before tract
+//! optimises it, each replacing a pattern tract runs slowly with ops of ours.
+//!
+//! Every rule bails early (returns `None`) unless its whole pattern matches, so a graph that
+//! is not a ResNet, or not f32, passes through unchanged. Each can be switched off to measure
+//! what it buys: `--no-rewrite NAME` on the CLI, `RESNET_EDGE_NO_REWRITE=NAME,...|all` anywhere
+//! (the library reads it at every load, so the test suite runs with rewrites on and off).
+
+pub mod residual_add;
+pub mod winograd;
+
+use std::fmt;
+
+use tract_core::internal::*;
+
+use crate::{Error, Result};
+
+/// The environment variable that switches rewrites off (comma-separated names, or `all`).
+pub const DISABLE_ENV: &str = "RESNET_EDGE_NO_REWRITE";
+
+/// One speed rewrite, by the name the flag and the environment variable use.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Rewrite {
+    /// Stride-1 3x3 convolutions as Winograd F(4x4,3x3)/F(2x2,3x3) on tract's matmuls
+    /// ([`winograd`]).
+    Winograd,
+    /// Residual `Add` (+ ReLU) as one elementwise op instead of tract's matmul epilogue
+    /// ([`residual_add`]).
+    ResidualAdd,
+}
+
+impl Rewrite {
+    pub const ALL: [Rewrite; 2] = [Rewrite::Winograd, Rewrite::ResidualAdd];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Rewrite::Winograd => "winograd",
+            Rewrite::ResidualAdd => "residual-add",
+        }
+    }
+
+    /// Try the rule at `node`: a patch replacing the pattern rooted there, or `None`.
+    fn rule(self, model: &TypedModel, node: &TypedNode) -> TractResult<Option<TypedModelPatch>> {
+        match self {
+            Rewrite::Winograd => winograd::rewrite(model, node),
+            Rewrite::ResidualAdd => residual_add::rewrite(model, node),
+        }
+    }
+}
+
+impl fmt::Display for Rewrite {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// Which rewrites are on. The default is all of them.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Rewrites {
+    enabled: Vec<Rewrite>,
+}
+
+impl Default for Rewrites {
+    fn default() -> Self {
+        Rewrites::all()
+    }
+}
+
+impl Rewrites {
+    pub fn all() -> Rewrites {
+        Rewrites {
+            enabled: Rewrite::ALL.to_vec(),
+        }
+    }
+
+    pub fn none() -> Rewrites {
+        Rewrites {
+            enabled: Vec::new(),
+        }
+    }
+
+    pub fn is_enabled(&self, rewrite: Rewrite) -> bool {
+        self.enabled.contains(&rewrite)
+    }
+
+    pub fn enabled(&self) -> &[Rewrite] {
+        &self.enabled
+    }
+
+    /// These rewrites minus the ones `list` names (`winograd,residual-add`, or `all`).
+    pub fn without(&self, list: &str) -> std::result::Result<Rewrites, String> {
+        let mut enabled = self.enabled.clone();
+        for name in list.split(',').map(str::trim).filter(|n| !n.is_empty()) {
+            if name == "all" {
+                enabled.clear();
+                continue;
+            }
+            let rewrite = Rewrite::ALL
+                .into_iter()
+                .find(|r| r.name() == name)
+                .ok_or_else(|| {
+                    let known: Vec<_> = Rewrite::ALL.iter().map(|r| r.name()).collect();
+                    format!(
+                        "unknown rewrite {name:?} (known: {}, all)",
+                        known.join(", ")
+                    )
+                })?;
+            enabled.retain(|r| *r != rewrite);
+        }
+        Ok(Rewrites { enabled })
+    }
+
+    /// These rewrites minus the ones [`DISABLE_ENV`] names.
+    pub fn without_env(&self) -> Result<Rewrites> {
+        match std::env::var(DISABLE_ENV) {
+            Ok(list) => self
+                .without(&list)
+                .map_err(|problem| Error::usage(format!("{DISABLE_ENV}: {problem}"))),
+            Err(_) => Ok(self.clone()),
+        }
+    }
+}
+
+/// How many places each rewrite changed.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct RewriteReport {
+    pub applied: Vec<(Rewrite, usize)>,
+}
+
+impl RewriteReport {
+    pub fn count(&self, rewrite: Rewrite) -> usize {
+        self.applied
+            .iter()
+            .filter(|(r, _)| *r == rewrite)
+            .map(|(_, n)| n)
+            .sum()
+    }
+}
+
+impl fmt::Display for RewriteReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.applied.is_empty() {
+            return f.write_str("none");
+        }
+        let parts: Vec<String> = self
+            .applied
+            .iter()
+            .map(|(r, n)| format!("{r} x{n}"))
+            .collect();
+        f.write_str(&parts.join(", "))
+    }
+}
+
+/// Apply every enabled rewrite, each as one pass over the graph in evaluation order.
+pub fn apply(
+    mut model: TypedModel,
+    rewrites: &Rewrites,
+) -> TractResult<(TypedModel, RewriteReport)> {
+    let mut report = RewriteReport::default();
+    for &rewrite in rewrites.enabled() {
+        let mut count = 0;
+        // Patches add nodes and disconnect the ones they replace (compacted away below), so
+        // the order taken up front visits every original node once.
+        for id in model.eval_order()? {
+            if let Some(patch) = rewrite.rule(&model, model.node(id))? {
+                patch.apply(&mut model)?;
+                count += 1;
+            }
+        }
+        if count > 0 {
+            report.applied.push((rewrite, count));
+            model = model.into_compact()?;
+        }
+    }
+    Ok((model, report))
+}
+
+/// Run `f` on every item. Under a plan with a thread pool (tract's multithread-mm), the items
+/// are split into one contiguous run per thread, so each thread gets one task however many
+/// items there are (rayon's per-item tasks cost more than a small transform plane).
+pub(crate) fn on_tract_threads<T: Send>(items: Vec<T>, f: impl Fn(T) + Sync) {
+    use tract_linalg::multithread::{current_tract_executor, Executor};
+    match current_tract_executor() {
+        Executor::MultiThread(pool) if items.len() > 1 => {
+            let threads = pool.current_num_threads().clamp(1, items.len());
+            let per_thread = items.len().div_ceil(threads);
+            let mut items = items.into_iter();
+            let f = &f;
+            pool.scope(|scope| loop {
+                let run: Vec<T> = items.by_ref().take(per_thread).collect();
+                if run.is_empty() {
+                    break;
+                }
+                scope.spawn(move |_| run.into_iter().for_each(f));
+            });
+        }
+        _ => items.into_iter().for_each(f),
+    }
+}
+
+/// The single successor of `outlet` when it has exactly one and is not a model output: the
+/// condition for absorbing that successor into the op producing `outlet`.
+pub(crate) fn sole_successor(model: &TypedModel, outlet: OutletId) -> Option<&TypedNode> {
+    if model.outputs.contains(&outlet) {
+        return None;
+    }
+    match model.outlet_successors(outlet) {
+        [only] => Some(model.node(only.node)),
+        _ => None,
+    }
+}
+
+/// The data input of `node` when it is a ReLU: `Max(x, 0)` with a uniform zero.
+pub(crate) fn relu_input(model: &TypedModel, node: &TypedNode) -> Option<OutletId> {
+    let op = node.op_as::<tract_core::ops::binary::TypedBinOp>()?;
+    if !op.0.is::<tract_core::ops::math::Max>() || node.inputs.len() != 2 {
+        return None;
+    }
+    let facts = model.node_input_facts(node.id).ok()?;
+    let is_zero = |fact: &TypedFact| {
+        fact.uniform
+            .as_ref()
+            .and_then(|u| u.cast_to_scalar::<f32>().ok())
+            .is_some_and(|v| v == 0.0)
+    };
+    let data = match (is_zero(facts[0]), is_zero(facts[1])) {
+        (false, true) => 0,
+        (true, false) => 1,
+        _ => return None,
+    };
+    // The zero must broadcast onto the data, not widen it.
+    (facts[data].shape == node.outputs[0].fact.shape).then_some(node.inputs[data])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_parse_and_all_switches_everything_off() {
+        let all = Rewrites::all();
+        assert!(all.is_enabled(Rewrite::Winograd));
+        let some = all.without("winograd").unwrap();
+        assert!(!some.is_enabled(Rewrite::Winograd));
+        assert!(some.is_enabled(Rewrite::ResidualAdd));
+        assert_eq!(all.without("all").unwrap(), Rewrites::none());
+        assert_eq!(
+            all.without(" residual-add , winograd ").unwrap(),
+            Rewrites::none()
+        );
+        let err = all.without("wingrad").unwrap_err();
+        assert!(err.contains("unknown rewrite \"wingrad\""), "{err}");
+    }
+}

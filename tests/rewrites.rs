@@ -1,0 +1,102 @@
+//! The speed rewrites (`src/transform/rewrite/`): each switched off in turn, and all of them,
+//! still matches PyTorch (the default, all on, is what tests/models.rs checks); they fire on
+//! the fixture ResNets; they leave `info`'s parameter and MAC counts alone; bad names are
+//! refused.
+
+mod common;
+use common::*;
+
+/// The rewrite names and their counts from `info --format json`.
+fn applied(info: &serde_json::Value) -> Vec<(String, u64)> {
+    info["rewrites"]["applied"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|pair| {
+            (
+                pair[0].as_str().unwrap().to_string(),
+                pair[1].as_u64().unwrap(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn each_rewrite_off_still_matches_pytorch() {
+    for depth in [18, 50] {
+        let model = format!("models/fixtures/resnet{depth}/legacy.onnx");
+        let logits = fixtures().join(format!("resnet{depth}/logits.json"));
+        for off in ["winograd", "residual-add", "all"] {
+            check_against_pytorch(&model, &logits, &["--no-rewrite", off]);
+        }
+    }
+}
+
+#[test]
+fn rewrites_fire_on_the_fixtures_and_keep_the_network_figures() {
+    // 224x224 input: every stride-1 3x3 conv (13 in both), F(4x4,3x3) down to 14x14 maps and
+    // F(2x2,3x3) at 7x7; a residual add per block (8 and 16).
+    for (depth, winograd, residual) in [(18, 13, 8), (50, 13, 16)] {
+        let model = format!("models/fixtures/resnet{depth}/model.safetensors");
+        let on = run_json(&["info", &model, "--format", "json"]);
+        let off = run_json(&["info", &model, "--format", "json", "--no-rewrite", "all"]);
+        let counts = applied(&on);
+        assert!(
+            counts.contains(&("winograd".into(), winograd)),
+            "resnet{depth}: {counts:?}"
+        );
+        assert!(
+            counts.contains(&("residual-add".into(), residual)),
+            "resnet{depth}: {counts:?}"
+        );
+        assert!(applied(&off).is_empty());
+        let ops = on["ops"].as_object().unwrap();
+        assert!(ops.contains_key("WinogradInput") && ops.contains_key("ResidualAddRelu"));
+        assert_eq!(on["parameters"], off["parameters"], "resnet{depth}");
+        assert_eq!(on["macs_per_image"], off["macs_per_image"], "resnet{depth}");
+    }
+}
+
+#[test]
+fn environment_variable_switches_rewrites_off() {
+    let model = "models/fixtures/resnet18/legacy.onnx";
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_resnet-edge"))
+        .args(["info", model, "--format", "json"])
+        .env("RESNET_EDGE_NO_REWRITE", "winograd")
+        .current_dir(root())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let info: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let names: Vec<_> = applied(&info).into_iter().map(|(n, _)| n).collect();
+    assert_eq!(names, ["residual-add"]);
+}
+
+#[test]
+fn unknown_rewrite_names_are_refused() {
+    let model = "models/fixtures/resnet18/legacy.onnx";
+    let out = run(&["info", model, "--no-rewrite", "winogard"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("unknown rewrite \"winogard\"") && err.contains("residual-add"),
+        "{err}"
+    );
+
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_resnet-edge"))
+        .args(["info", model])
+        .env("RESNET_EDGE_NO_REWRITE", "fast")
+        .current_dir(root())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("RESNET_EDGE_NO_REWRITE: unknown rewrite \"fast\""),
+        "{err}"
+    );
+}
