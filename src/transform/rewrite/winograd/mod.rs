@@ -29,11 +29,12 @@ use matmul::group_ranges;
 pub use matmul::WinogradMatMul;
 use transforms::{input_plane, output_plane, Geometry, Phases, Variant, F2, F4};
 
-/// Fewest tiles (over the batch) a variant needs before its matmuls, `K x C` weights by
-/// `C x tiles`, stop being bound by streaming the transformed weights. 16 measured best for
-/// ResNet-18 on the README's EPYC (p50 at 1 thread: 57 ms at 16, 58-60 at 8, 60-65 at 32, 65
-/// at 64, 72-78 with the rewrite off): 56x56 and 28x28 maps take F(4x4), 14x14 too (16 tiles),
-/// 7x7 F(2x2).
+/// Fewest tiles (over the batch) F(2x2,3x3) needs before its matmuls, `K x C` weights by
+/// `C x tiles`, stop being bound by streaming the transformed weights; F(4x4,3x3), with 2.25x
+/// the weights, needs twice as many. Measured per layer with `profile` on ResNet-18 on the
+/// README's EPYC (1 thread, ms per conv, direct -> F(2x2) -> F(4x4)): 56x56 4.3 -> - -> 2.6,
+/// 28x28 3.9 -> 2.6 -> 2.7, 14x14 3.5 -> 3.0 -> 3.4, 7x7 7.5 -> 4.5 -> (4 tiles, slower).
+/// So 56x56 and 28x28 maps take F(4x4), 14x14 and 7x7 F(2x2).
 const MIN_TILES: usize = 16;
 /// Overrides [`MIN_TILES`], to tune it on a new CPU with `profile`.
 pub const MIN_TILES_ENV: &str = "RESNET_EDGE_WINOGRAD_MIN_TILES";
@@ -60,16 +61,17 @@ impl Tile {
         self.m() + 2
     }
 
-    /// The largest variant whose tile count for a `batch x oh x ow` output reaches
-    /// [`MIN_TILES`], if any.
+    /// The largest variant with enough tiles for a `batch x oh x ow` output ([`MIN_TILES`]
+    /// for F(2x2), twice that for F(4x4)), if any.
     pub fn for_map(batch: usize, oh: usize, ow: usize) -> Option<Tile> {
         let min_tiles = std::env::var(MIN_TILES_ENV)
             .ok()
             .and_then(|v| v.parse().ok())
             .unwrap_or(MIN_TILES);
-        [Tile::F4, Tile::F2]
+        [(Tile::F4, 2 * min_tiles), (Tile::F2, min_tiles)]
             .into_iter()
-            .find(|t| batch * oh.div_ceil(t.m()) * ow.div_ceil(t.m()) >= min_tiles)
+            .find(|(t, min)| batch * oh.div_ceil(t.m()) * ow.div_ceil(t.m()) >= *min)
+            .map(|(t, _)| t)
     }
 
     /// `U = G g G^T` of an OIHW `[k, c, 3, 3]` kernel, as the `[alpha^2, K, C]` matmul operand.
@@ -603,7 +605,9 @@ mod tests {
     fn f2_for_smaller_maps_and_batches() {
         check(&[1, 3, 12, 12], 4, same(), true, Tile::F2);
         check(&[2, 3, 6, 7], 4, same(), false, Tile::F2);
-        check(&[2, 3, 12, 13], 4, same(), false, Tile::F4);
+        check(&[2, 3, 16, 17], 4, same(), false, Tile::F4);
+        // 14x14 (16 4x4 tiles, fewer than F(4x4) needs) takes F(2x2).
+        check(&[1, 3, 14, 14], 4, same(), false, Tile::F2);
     }
 
     #[test]
