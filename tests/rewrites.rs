@@ -60,12 +60,11 @@ fn rewrites_fire_on_the_fixtures_and_keep_the_network_figures() {
 #[test]
 fn environment_variable_switches_rewrites_off() {
     let model = "models/fixtures/resnet18/legacy.onnx";
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_resnet-edge"))
-        .args(["info", model, "--format", "json"])
-        .env("RESNET_EDGE_NO_REWRITE", "winograd")
-        .current_dir(root())
-        .output()
-        .unwrap();
+    let out = run_with_env(
+        &["info", model, "--format", "json"],
+        "RESNET_EDGE_NO_REWRITE",
+        "winograd",
+    );
     assert!(
         out.status.success(),
         "{}",
@@ -87,12 +86,7 @@ fn unknown_rewrite_names_are_refused() {
         "{err}"
     );
 
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_resnet-edge"))
-        .args(["info", model])
-        .env("RESNET_EDGE_NO_REWRITE", "fast")
-        .current_dir(root())
-        .output()
-        .unwrap();
+    let out = run_with_env(&["info", model], "RESNET_EDGE_NO_REWRITE", "fast");
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(

@@ -44,6 +44,16 @@ pub fn run(args: &[&str]) -> Output {
         .expect("spawn resnet-edge")
 }
 
+/// [`run`] with one environment variable set.
+pub fn run_with_env(args: &[&str], key: &str, value: &str) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_resnet-edge"))
+        .args(args)
+        .env(key, value)
+        .current_dir(root())
+        .output()
+        .expect("spawn resnet-edge")
+}
+
 /// Run and parse stdout as JSON, failing the test with stderr when the command fails.
 pub fn run_json(args: &[&str]) -> serde_json::Value {
     let out = run(args);

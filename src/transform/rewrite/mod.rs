@@ -233,6 +233,18 @@ pub(crate) fn relu_input(model: &TypedModel, node: &TypedNode) -> Option<OutletI
     (facts[data].shape == node.outputs[0].fact.shape).then_some(node.inputs[data])
 }
 
+/// `Max(x, 0)` wired the way tract's ONNX import and the native builder write a ReLU, for the
+/// rules' unit tests.
+#[cfg(test)]
+pub(crate) fn wire_relu(model: &mut TypedModel, x: OutletId) -> OutletId {
+    let rank = model.outlet_fact(x).unwrap().rank();
+    let zero = tensor0(0f32).broadcast_into_rank(rank).unwrap();
+    let zero = model.add_const("zero", zero).unwrap();
+    model
+        .wire_node("relu", tract_core::ops::math::max(), &[x, zero])
+        .unwrap()[0]
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -149,7 +149,7 @@ pub fn rewrite(model: &TypedModel, node: &TypedNode) -> TractResult<Option<Typed
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::transform::rewrite::{apply, Rewrite, Rewrites};
+    use crate::transform::rewrite::{apply, wire_relu, Rewrite, Rewrites};
     use tract_core::ops::cnn::{KernelFormat, PaddingSpec, PoolSpec};
     use tract_core::ops::nn::DataFormat;
 
@@ -179,12 +179,7 @@ mod tests {
             .wire_node("add", tract_core::ops::math::add(), &[y, x])
             .unwrap()[0];
         if relu {
-            let zero = model
-                .add_const("zero", tensor0(0f32).broadcast_into_rank(4).unwrap())
-                .unwrap();
-            out = model
-                .wire_node("relu", tract_core::ops::math::max(), &[out, zero])
-                .unwrap()[0];
+            out = wire_relu(&mut model, out);
         }
         model.select_output_outlets(&[out]).unwrap();
         model

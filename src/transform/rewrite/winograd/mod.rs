@@ -469,7 +469,7 @@ pub fn rewrite(model: &TypedModel, node: &TypedNode) -> TractResult<Option<Typed
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::transform::rewrite::{apply, Rewrite, Rewrites};
+    use crate::transform::rewrite::{apply, wire_relu, Rewrite, Rewrites};
     use tract_core::ops::cnn::{PaddingSpec, PoolSpec};
 
     /// A pseudo-random but fixed sequence in [-1, 1).
@@ -510,15 +510,7 @@ mod tests {
         let op = Conv::new(pool_spec, KernelFormat::OIHW, 1, None);
         let mut y = model.wire_node("conv", op, &[x, kernel, bias]).unwrap()[0];
         if relu {
-            let zero = model
-                .add_const(
-                    "zero",
-                    tensor0(0f32).broadcast_into_rank(shape.len()).unwrap(),
-                )
-                .unwrap();
-            y = model
-                .wire_node("relu", tract_core::ops::math::max(), &[y, zero])
-                .unwrap()[0];
+            y = wire_relu(&mut model, y);
         }
         model.select_output_outlets(&[y]).unwrap();
         model
