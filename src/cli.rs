@@ -84,8 +84,8 @@ pub struct ModelArgs {
     pub no_fold_batchnorm: bool,
     /// Switch speed rewrites off to measure them: `winograd`, `residual-add` (comma-separated)
     /// or `all`. RESNET_EDGE_NO_REWRITE does the same.
-    #[arg(long, value_name = "NAMES", default_value = "", hide_default_value = true, value_parser = parse_no_rewrite)]
-    pub no_rewrite: Rewrites,
+    #[arg(long = "no-rewrite", value_name = "NAMES", default_value = "", hide_default_value = true, value_parser = parse_no_rewrite)]
+    pub rewrites: Rewrites,
     /// f32, f16, int8 or auto: f16 runs in f16 only on cores with FP16 arithmetic (else f32,
     /// weights widened); int8 needs an int8 artifact; auto picks per CPU and file.
     #[arg(long, default_value = "auto", value_parser = parse_precision)]
@@ -278,7 +278,7 @@ impl ModelArgs {
                 batch: self.batch,
                 arch: self.arch.clone(),
                 fold_batchnorm: !self.no_fold_batchnorm,
-                rewrites: self.no_rewrite.clone(),
+                rewrites: self.rewrites.clone(),
                 precision: self.precision,
                 resnet_layout: self.layout.as_deref().map(|l| match l {
                     "article" => ResNetLayout::Article,
@@ -483,8 +483,8 @@ pub struct MeasureArgs {
     pub no_fold_batchnorm: bool,
     /// Switch speed rewrites off to measure them: `winograd`, `residual-add` (comma-separated)
     /// or `all`. RESNET_EDGE_NO_REWRITE does the same.
-    #[arg(long, value_name = "NAMES", default_value = "", hide_default_value = true, value_parser = parse_no_rewrite)]
-    pub no_rewrite: Rewrites,
+    #[arg(long = "no-rewrite", value_name = "NAMES", default_value = "", hide_default_value = true, value_parser = parse_no_rewrite)]
+    pub rewrites: Rewrites,
     #[arg(long, value_enum, default_value_t = ReportFormat::Table)]
     pub format: ReportFormat,
 }
@@ -515,6 +515,7 @@ fn parse_precision(s: &str) -> std::result::Result<resnet_edge::precision::Preci
     s.parse().map_err(|e: Error| e.to_string())
 }
 
+/// `--no-rewrite NAMES`: every rewrite but those named.
 fn parse_no_rewrite(s: &str) -> std::result::Result<Rewrites, String> {
     Rewrites::all().without(s)
 }
@@ -538,7 +539,7 @@ impl MeasureArgs {
                 batch: self.batch,
                 arch: self.arch.clone(),
                 fold_batchnorm: !self.no_fold_batchnorm,
-                rewrites: self.no_rewrite.clone(),
+                rewrites: self.rewrites.clone(),
                 ..LoadOptions::default()
             },
             threads: self.threads,

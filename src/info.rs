@@ -55,8 +55,8 @@ impl ModelInfo {
         let mut parameters = 0;
         let mut macs = 0u64;
         for node in model.nodes() {
-            // Winograd's transformed kernels count as the 3x3 kernels they stand for.
             macs += node_macs(model, node).unwrap_or(0);
+            // Winograd's transformed kernels count as the 3x3 kernels they stand for.
             if let Some((params, _)) = winograd::direct_conv_equivalent(model, node) {
                 parameters += params;
                 continue;

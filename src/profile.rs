@@ -23,6 +23,7 @@ use crate::info::node_macs;
 use crate::model::{LoadedModel, SourceKind};
 use crate::precision::Precision;
 use crate::preprocess::Layout;
+use crate::transform::rewrite::winograd::{WinogradInput, WinogradMatMul};
 use crate::{Error, Result};
 
 /// Time and cost of one ResNet stage.
@@ -369,16 +370,20 @@ fn positional_stages(model: &TypedModel, layout: Layout) -> Option<HashMap<usize
         .shape
         .as_concrete()
         .and_then(|s| spatial(s, layout, None))?;
+    // A tensor used twice (not a node with several outputs used once each).
     let forks = |id: usize| {
         model
             .node(id)
             .outputs
             .iter()
-            .map(|o| o.successors.len())
-            .sum::<usize>()
-            >= 2
+            .any(|o| o.successors.len() >= 2)
     };
     let hw = |id: usize| {
+        // Winograd's [positions, channels, tiles] intermediates are not feature maps.
+        let node = model.node(id);
+        if node.op_is::<WinogradInput>() || node.op_is::<WinogradMatMul>() {
+            return None;
+        }
         let shape = model
             .outlet_fact(OutletId::new(id, 0))
             .ok()?

@@ -223,6 +223,8 @@ pub fn is_f16_artifact(graph: &GraphProto) -> bool {
 
 /// Convert a loaded f32 model to run in f16 with tract's f16 kernels, keeping an f32 input and
 /// f32 outputs so preprocessing, `Plan::run` and the camera loop feed and read it unchanged.
+/// It runs before the speed rewrites ([`crate::transform::rewrite`]), as `model::load` does:
+/// their ops are f32-only.
 pub fn run_in_f16(mut model: TypedModel) -> TractResult<TypedModel> {
     FloatPrecisionTranslator::new(f32::datum_type(), f16::datum_type()).transform(&mut model)?;
     for ix in 0..model.inputs.len() {

@@ -4,14 +4,14 @@
 //! output tile of a 3x3 convolution is `A^T [(G g G^T) . (B^T d B)] A` over an
 //! (m+2) x (m+2) input tile `d`. Summed over input channels, the elementwise product becomes
 //! (m+2)^2 independent matmuls `U[p] (K x C) . V[p] (C x tiles)`, which is where the time goes
-//! and which tract runs on its own kernels (`EinSum` -> `OptMatMul`, packed once at load).
+//! and which tract runs on its own kernels, weights packed once at load ([`matmul`]).
 //! Multiplies drop from 9 per output to (m+2)^2/m^2: 2.25x fewer for F(2x2,3x3), 4x for
 //! F(4x4,3x3).
 //!
 //! The graph `Conv(x)` [+ `Max(., 0)`] becomes
-//! `WinogradInput(x) -> EinSum(U, .) -> WinogradOutput(., bias, relu)`, with
-//! `U = G g G^T` computed here, once. The transforms are ours (this file), vectorised over
-//! eight tiles at a time.
+//! `WinogradInput(x) -> WinogradMatMul -> WinogradOutput(bias, relu)`, with `U = G g G^T`
+//! computed here, once, and the positions split into groups (one tensor per group between the
+//! ops). The transforms are ours ([`transforms`]), vectorised over eight tiles at a time.
 //!
 //! Transformed weights are (m+2)^2/9 times the size of the 3x3 kernel (1.8x for F(2,3), 4x for
 //! F(4,3)), and with few tiles the matmuls stream weights rather than compute. So the rule only
@@ -23,8 +23,8 @@ use tract_core::ops::nn::DataFormat;
 
 use super::{on_tract_threads, relu_input, sole_successor};
 
-mod matmul;
-mod transforms;
+pub mod matmul;
+pub mod transforms;
 use matmul::group_ranges;
 pub use matmul::WinogradMatMul;
 use transforms::{input_plane, output_plane, Geometry, Phases, Variant, F2, F4};
