@@ -106,9 +106,9 @@ fn from_conv(model: &TypedModel, outlet: OutletId) -> bool {
     (is_const(1) && conv(0)) || (is_const(0) && conv(1))
 }
 
-/// The rule, rooted at the `Add`: both inputs f32 of one shape, at least one made by a
-/// convolution (the matmul tract would fuse the add into, or a Winograd conv). A ReLU that is the add's only
-/// successor is absorbed.
+/// The rule, rooted at the `Add`: both inputs f32 of one shape, neither constant, at least one
+/// made by a convolution (the matmul tract would fuse the add into, or a Winograd conv). A
+/// ReLU that is the add's only successor is absorbed.
 pub fn rewrite(model: &TypedModel, node: &TypedNode) -> TractResult<Option<TypedModelPatch>> {
     let Some(op) = node.op_as::<TypedBinOp>() else {
         return Ok(None);
