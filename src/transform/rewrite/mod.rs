@@ -180,6 +180,12 @@ pub fn apply(
 /// are split into one contiguous run per thread, so each thread gets one task however many
 /// items there are (rayon's per-item tasks cost more than a small transform plane).
 pub(crate) fn on_tract_threads<T: Send>(items: Vec<T>, f: impl Fn(T) + Sync) {
+    on_tract_threads_in_runs(items, |run| run.into_iter().for_each(&f));
+}
+
+/// [`on_tract_threads`], handing `f` each thread's run whole, so scratch space is set up once
+/// per run rather than once per item.
+pub(crate) fn on_tract_threads_in_runs<T: Send>(items: Vec<T>, f: impl Fn(Vec<T>) + Sync) {
     use tract_linalg::multithread::{current_tract_executor, Executor};
     match current_tract_executor() {
         Executor::MultiThread(pool) if items.len() > 1 => {
@@ -192,10 +198,10 @@ pub(crate) fn on_tract_threads<T: Send>(items: Vec<T>, f: impl Fn(T) + Sync) {
                 if run.is_empty() {
                     break;
                 }
-                scope.spawn(move |_| run.into_iter().for_each(f));
+                scope.spawn(move |_| f(run));
             });
         }
-        _ => items.into_iter().for_each(f),
+        _ => f(items),
     }
 }
 

@@ -21,7 +21,7 @@ use tract_core::internal::*;
 use tract_core::ops::cnn::{Conv, KernelFormat};
 use tract_core::ops::nn::DataFormat;
 
-use super::{on_tract_threads, relu_input, sole_successor};
+use super::{on_tract_threads, on_tract_threads_in_runs, relu_input, sole_successor};
 
 pub mod matmul;
 pub mod transforms;
@@ -159,34 +159,36 @@ impl EvalOp for WinogradInput {
         }
         let shape = (self, x, [n, c, h, w], geometry);
         let channels: Vec<_> = channels.into_iter().enumerate().collect();
-        on_tract_threads(channels, |(ch, mut rows)| match self.tile {
-            Tile::F2 => input_channel::<F2>(shape, ch, &mut rows),
-            Tile::F4 => input_channel::<F4>(shape, ch, &mut rows),
+        on_tract_threads_in_runs(channels, |run| match self.tile {
+            Tile::F2 => input_channels::<F2>(shape, run),
+            Tile::F4 => input_channels::<F4>(shape, run),
         });
         drop(views);
         Ok(outs.into_iter().map(Tensor::into_tvalue).collect())
     }
 }
 
-/// Every image's plane of channel `ch` into that channel's matmul input rows.
-fn input_channel<V: Variant>(
+/// Every image's plane of each channel of `run` into that channel's matmul input rows, with
+/// one phase-split scratch for the whole run (its zero padding is never overwritten).
+fn input_channels<V: Variant>(
     (op, x, [n, c, h, w], geometry): (&WinogradInput, &[f32], [usize; 4], Geometry),
-    ch: usize,
-    rows: &mut [&mut [f32]],
+    run: Vec<(usize, Vec<&mut [f32]>)>,
 ) {
     let mut phases = Phases::new::<V>(op.tiles);
     let per_image = op.tiles.0 * op.tiles.1;
-    for b in 0..n {
-        let plane = &x[(b * c + ch) * h * w..][..h * w];
-        input_plane::<V>(
-            plane,
-            (h, w),
-            op.pad,
-            geometry,
-            &mut phases,
-            rows,
-            b * per_image,
-        );
+    for (ch, mut rows) in run {
+        for b in 0..n {
+            let plane = &x[(b * c + ch) * h * w..][..h * w];
+            input_plane::<V>(
+                plane,
+                (h, w),
+                op.pad,
+                geometry,
+                &mut phases,
+                &mut rows,
+                b * per_image,
+            );
+        }
     }
 }
 
