@@ -50,15 +50,20 @@ pub enum Tile {
 }
 
 impl Tile {
+    /// Output tile side, from the variant's constants ([`transforms::Variant`]).
     pub fn m(self) -> usize {
         match self {
-            Tile::F2 => 2,
-            Tile::F4 => 4,
+            Tile::F2 => F2::M,
+            Tile::F4 => F4::M,
         }
     }
 
+    /// Input tile side.
     pub fn alpha(self) -> usize {
-        self.m() + 2
+        match self {
+            Tile::F2 => F2::A,
+            Tile::F4 => F4::A,
+        }
     }
 
     /// The largest variant with enough tiles for a `batch x oh x ow` output ([`MIN_TILES`]
