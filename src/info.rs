@@ -13,7 +13,7 @@ use crate::model::{LoadedModel, SourceKind};
 use crate::plan::Plan;
 use crate::precision::Precision;
 use crate::preprocess::Layout;
-use crate::transform::rewrite::{winograd, RewriteReport};
+use crate::transform::rewrite::{self, RewriteReport};
 use crate::Result;
 
 #[derive(Debug, Clone, serde::Serialize)]
@@ -56,14 +56,18 @@ impl ModelInfo {
         let mut macs = 0u64;
         for node in model.nodes() {
             macs += node_macs(model, node).unwrap_or(0);
-            // Winograd's transformed kernels count as the 3x3 kernels they stand for.
-            if let Some((params, _)) = winograd::direct_conv_equivalent(model, node) {
+            // Our rewritten convs (Winograd's transformed kernels, int8 packed weights) count
+            // as the kernels they stand for.
+            if let Some((params, _)) = rewrite::conv_equivalent(model, node) {
                 parameters += params;
                 continue;
             }
             if let Some(k) = node.op_as::<Const>() {
-                if k.val().datum_type().is_float() && k.val().len() > 1 {
-                    parameters += k.val().len();
+                let v = k.val();
+                let numeric = v.datum_type().is_float()
+                    || [i8::datum_type(), i32::datum_type()].contains(&v.datum_type());
+                if numeric && v.len() > 1 && !is_quantisation_param(model, node) {
+                    parameters += v.len();
                 }
             }
         }
@@ -114,10 +118,24 @@ impl ModelInfo {
     }
 }
 
+/// Whether the constant `node` only feeds quantised convs/matmuls as a zero point or scale
+/// (their inputs 3 to 8): quantisation parameters, not weights.
+fn is_quantisation_param(model: &TypedModel, node: &TypedNode) -> bool {
+    let quantised = |n: &TypedNode| {
+        n.op_as::<Conv>().is_some_and(|c| c.q_params.is_some())
+            || n.op_as::<EinSum>().is_some_and(|e| e.q_params.is_some())
+    };
+    let successors = &node.outputs[0].successors;
+    !successors.is_empty()
+        && successors
+            .iter()
+            .all(|s| s.slot >= 3 && quantised(model.node(s.node)))
+}
+
 /// Multiply-accumulates of a conv (output elements x kernel taps per output) or an einsum
 /// (product of all axis sizes), for the whole batch; other ops count as free.
 pub(crate) fn node_macs(model: &TypedModel, node: &TypedNode) -> Option<u64> {
-    if let Some((_, direct)) = winograd::direct_conv_equivalent(model, node) {
+    if let Some((_, direct)) = rewrite::conv_equivalent(model, node) {
         return Some(direct);
     }
     let facts = model.node_input_facts(node.id).ok()?;

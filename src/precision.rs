@@ -158,9 +158,11 @@ pub fn onnx_weights(graph: &tract_onnx::pb::GraphProto) -> Precision {
 }
 
 /// Measured on x86-64 with AVX2 (README): tract 0.23.9's integer matmuls run ResNet-50 many
-/// times slower than its f32 ones, so an int8 artifact there is for checking, not for speed.
+/// times slower than its f32 ones; the `int8-conv` rewrite takes the convs whose weights are
+/// 7-bit (what `quantize` writes) onto our AVX2 kernel instead.
 const X86_INT8: &str = if cfg!(target_arch = "x86_64") {
-    " (on x86_64 tract's int8 kernels are far slower than its f32 ones: see the README)"
+    " (on x86_64 convs with 7-bit weights, as `quantize` writes them, run on resnet-edge's \
+     AVX2 kernel, rewrite int8-conv; any others on tract's far slower int8 kernels)"
 } else {
     ""
 };

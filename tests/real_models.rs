@@ -157,9 +157,11 @@ fn opennsfw_int8_scores_within_0_03_of_f32() {
     let reference = read_json(&fixtures().join("real/opennsfw.json"));
     let rows = classify_photos(out.to_str().unwrap(), 2, &pil_decoded_photos());
     assert_eq!(rows.len(), 6);
+    let mut worst = 0f32;
     for (stem, got) in rows {
         let want = floats(&reference[&stem]["probabilities"]);
         let d = (got[1] - want[1]).abs();
+        worst = worst.max(d);
         assert!(
             d <= 0.03,
             "opennsfw int8 on {stem}: nsfw {} vs f32 {}",
@@ -167,4 +169,6 @@ fn opennsfw_int8_scores_within_0_03_of_f32() {
             want[1]
         );
     }
+    // The figure the README quotes.
+    eprintln!("opennsfw int8: worst nsfw score difference {worst:.4}");
 }

@@ -1,7 +1,7 @@
 //! The speed rewrites (`src/transform/rewrite/`): each switched off in turn, and all of them,
-//! still matches PyTorch (the default, all on, is what tests/models.rs checks); they fire on
-//! the fixture ResNets; they leave `info`'s parameter and MAC counts alone; bad names are
-//! refused.
+//! still matches PyTorch, or numpy's ONNX reference for int8 (the default, all on, is what
+//! tests/models.rs and tests/quantize.rs check); they fire on the fixture ResNets and the int8
+//! artifact; they leave `info`'s parameter and MAC counts alone; bad names are refused.
 
 mod common;
 use common::*;
@@ -54,6 +54,29 @@ fn rewrites_fire_on_the_fixtures_and_keep_the_network_figures() {
         assert!(ops.contains_key("WinogradInput") && ops.contains_key("ResidualAddRelu"));
         assert_eq!(on["parameters"], off["parameters"], "resnet{depth}");
         assert_eq!(on["macs_per_image"], off["macs_per_image"], "resnet{depth}");
+    }
+}
+
+#[test]
+fn int8_rewrites_fire_on_the_committed_artifact_and_each_off_matches_numpy() {
+    let model = "models/fixtures/digits/resnet18_digits.int8.onnx";
+    let on = run_json(&["info", model, "--format", "json"]);
+    let off = run_json(&["info", model, "--format", "json", "--no-rewrite", "all"]);
+    #[cfg(target_arch = "x86_64")]
+    if std::is_x86_feature_detected!("avx2") {
+        // Every conv (17, 3 downsamples) and the classifier; every block's join but the last,
+        // whose sum goes to the average pool in f32.
+        let counts = applied(&on);
+        assert!(
+            counts.contains(&("int8-conv".into(), 21))
+                && counts.contains(&("int8-residual".into(), 7)),
+            "{counts:?}"
+        );
+    }
+    assert_eq!(on["parameters"], off["parameters"]);
+    assert_eq!(on["macs_per_image"], off["macs_per_image"]);
+    for off in ["int8-conv", "int8-residual", "all"] {
+        check_against_quant_reference("resnet18_digits.int8.onnx", 0.02, &["--no-rewrite", off]);
     }
 }
 

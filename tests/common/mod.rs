@@ -167,3 +167,50 @@ pub fn check_against_pytorch(model: &str, logits_json: &Path, extra: &[&str]) {
         );
     }
 }
+
+/// The committed int8 / f16 digits artifact `artifact` (plus `extra` flags) on the test images
+/// of models/fixtures/digits/quant_reference.json (numpy's ONNX reference for int8,
+/// onnxruntime for f16): logits within `tolerance` relative, same top-1.
+pub fn check_against_quant_reference(artifact: &str, tolerance: f32, extra: &[&str]) {
+    let digits = fixtures().join("digits");
+    let reference = read_json(&digits.join("quant_reference.json"));
+    let want = &reference[artifact];
+    let files: Vec<String> = want["files"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| {
+            digits
+                .join("test")
+                .join(f.as_str().unwrap())
+                .display()
+                .to_string()
+        })
+        .collect();
+    let model = digits.join(artifact);
+    let mut args = vec![
+        "classify",
+        model.to_str().unwrap(),
+        "--logits",
+        "--format",
+        "json",
+    ];
+    args.extend(extra);
+    args.extend(files.iter().map(String::as_str));
+    let rows = run_json(&args);
+    for (row, logits) in rows
+        .as_array()
+        .unwrap()
+        .iter()
+        .zip(want["logits"].as_array().unwrap())
+    {
+        let (got, want) = (floats(&row["logits"]), floats(logits));
+        let d = rel_diff(&got, &want);
+        assert!(
+            d < tolerance,
+            "{artifact} {extra:?} {}: relative diff {d}",
+            row["image"]
+        );
+        assert_eq!(argmax(&got), argmax(&want), "{artifact} {}", row["image"]);
+    }
+}

@@ -22,9 +22,12 @@ use tract_onnx::pb::{
 
 use crate::transform::fold_batchnorm::node_label;
 
-/// Integer weights use [-127, 127]: symmetric, so the zero point is 0 (the usual choice, e.g.
-/// Jacob et al. 2018 and onnxruntime's per-channel default).
-const W_MAX: f32 = 127.0;
+/// Integer weights use [-64, 64]: symmetric, so the zero point is 0 (Jacob et al. 2018,
+/// onnxruntime's per-channel default), and 7 bits, so x86's `vpmaddubsw` (u8 x i8, pairs
+/// summed to i16) cannot saturate: `255 * (64 + 64) <= 32767`. onnxruntime's `reduce_range`
+/// makes the same trade for the same instruction; its accuracy cost is in the README's tables,
+/// and without it the [`crate::transform::rewrite::int8_conv`] kernel cannot take the convs.
+pub const W_MAX: f32 = 64.0;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum QKind {
@@ -621,11 +624,11 @@ mod tests {
     fn weights_are_symmetric_per_channel() {
         // Two output channels of two weights each, channel-first.
         let (q, s) = quantize_weights(&[0.5, -1.0, 0.02, 0.005], 2, true);
-        assert_eq!(q, vec![64, -127, 127, 32]);
-        assert!((s[0] - 1.0 / 127.0).abs() < 1e-9 && (s[1] - 0.02 / 127.0).abs() < 1e-9);
+        assert_eq!(q, vec![32, -64, 64, 16]);
+        assert!((s[0] - 1.0 / 64.0).abs() < 1e-9 && (s[1] - 0.02 / 64.0).abs() < 1e-9);
         // The same matrix read as [K=2, N=2], channels last.
         let (q, _) = quantize_weights(&[0.5, -1.0, 0.02, 0.005], 2, false);
-        assert_eq!(q, vec![127, -127, 5, 1]);
+        assert_eq!(q, vec![64, -64, 3, 0]);
         let (q, s) = quantize_weights(&[0.0, 0.0], 1, true);
         assert_eq!((q, s), (vec![0, 0], vec![1.0]));
     }

@@ -1,11 +1,13 @@
-//! Speed rewrites: small named rules applied to the decluttered f32 graph before tract
-//! optimises it, each replacing a pattern tract runs slowly with ops of ours.
+//! Speed rewrites: small named rules applied to the decluttered graph before tract optimises
+//! it, each replacing a pattern tract runs slowly with ops of ours.
 //!
 //! Every rule bails early (returns `None`) unless its whole pattern matches, so a graph that
-//! is not a ResNet, or not f32, passes through unchanged. Each can be switched off to measure
+//! is not a ResNet, or not in the rule's precision, passes through unchanged. Each can be switched off to measure
 //! what it buys: `--no-rewrite NAME` on the CLI, `RESNET_EDGE_NO_REWRITE=NAME,...|all` anywhere
 //! (the library reads it at every load, so the test suite runs with rewrites on and off).
 
+pub mod int8_conv;
+pub mod int8_residual;
 pub mod residual_add;
 pub mod winograd;
 
@@ -28,15 +30,26 @@ pub enum Rewrite {
     /// Residual `Add` (+ ReLU) as one elementwise op instead of tract's matmul epilogue
     /// ([`residual_add`]).
     ResidualAdd,
+    /// Quantised (u8 x i8) convolutions on our AVX2 kernel instead of tract's ([`int8_conv`]).
+    Int8Conv,
+    /// An int8 block's dequantise + add + ReLU + quantise as one u8 op ([`int8_residual`]).
+    Int8Residual,
 }
 
 impl Rewrite {
-    pub const ALL: [Rewrite; 2] = [Rewrite::Winograd, Rewrite::ResidualAdd];
+    pub const ALL: [Rewrite; 4] = [
+        Rewrite::Winograd,
+        Rewrite::ResidualAdd,
+        Rewrite::Int8Conv,
+        Rewrite::Int8Residual,
+    ];
 
     pub fn name(self) -> &'static str {
         match self {
             Rewrite::Winograd => "winograd",
             Rewrite::ResidualAdd => "residual-add",
+            Rewrite::Int8Conv => "int8-conv",
+            Rewrite::Int8Residual => "int8-residual",
         }
     }
 
@@ -45,6 +58,8 @@ impl Rewrite {
         match self {
             Rewrite::Winograd => winograd::rewrite(model, node),
             Rewrite::ResidualAdd => residual_add::rewrite(model, node),
+            Rewrite::Int8Conv => int8_conv::rewrite(model, node),
+            Rewrite::Int8Residual => int8_residual::rewrite(model, node),
         }
     }
 }
@@ -176,6 +191,24 @@ pub fn apply(
     Ok((model, report))
 }
 
+/// The parameter count and multiply-accumulates (whole batch) of the convolution a node of
+/// ours stands for, so `info` and `profile` report the network's own figures.
+pub fn conv_equivalent(model: &TypedModel, node: &TypedNode) -> Option<(usize, u64)> {
+    if let Some(conv) = node.op_as::<int8_conv::Int8Conv>() {
+        return Some((conv.parameters, conv.macs()));
+    }
+    winograd::direct_conv_equivalent(model, node)
+}
+
+/// Threads of the plan being run: the pool's size under tract's multithread-mm, else 1.
+pub(crate) fn tract_threads() -> usize {
+    use tract_linalg::multithread::{current_tract_executor, Executor};
+    match current_tract_executor() {
+        Executor::MultiThread(pool) => pool.current_num_threads().max(1),
+        _ => 1,
+    }
+}
+
 /// Run `f` on every item. Under a plan with a thread pool (tract's multithread-mm), the items
 /// are split into one contiguous run per thread, so each thread gets one task however many
 /// items there are (rayon's per-item tasks cost more than a small transform plane).
@@ -264,7 +297,8 @@ mod tests {
         assert!(some.is_enabled(Rewrite::ResidualAdd));
         assert_eq!(all.without("all").unwrap(), Rewrites::none());
         assert_eq!(
-            all.without(" residual-add , winograd ").unwrap(),
+            all.without(" residual-add , winograd,int8-conv,int8-residual ")
+                .unwrap(),
             Rewrites::none()
         );
         let err = all.without("wingrad").unwrap_err();

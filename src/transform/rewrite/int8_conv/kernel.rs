@@ -1,0 +1,802 @@
+//! The u8 x i8 convolution behind [`super::Int8Conv`]: im2col into position chunks that fit
+//! L2, a 4-channel x 16-position microkernel, requantisation to u8 in its epilogue.
+//!
+//! The AVX2 microkernel multiplies with `vpmaddubsw` (u8 x i8, pairs summed to i16) and
+//! `vpmaddwd` by ones (pairs of those to i32): 32 multiply-accumulates per two instructions,
+//! twice what f32 FMA does per cycle on Zen 3, from a quarter of the bytes. `vpmaddubsw`
+//! saturates its i16 pair sums, so the rule only hands it kernels where no pair of adjacent
+//! weights can saturate against any u8 input ([`Weights::new`]); the quantiser writes such
+//! weights ([`crate::transform::quantize`]). The same scheme as onnxruntime's AVX2 u8s8 GEMM
+//! with its `reduce_range` weights.
+//!
+//! A scalar microkernel with the same data layout keeps the code portable and is the unit
+//! tests' cross-check; the rule only fires where the AVX2 one runs.
+
+use std::cell::RefCell;
+use std::ops::Range;
+
+/// Output channels per microkernel call (the broadcast side).
+pub const MR: usize = 4;
+/// Positions per microkernel call: two vectors of eight i32 lanes.
+pub const NR: usize = 16;
+/// k values per i32 lane: the depth `vpmaddubsw` + `vpmaddwd` reduce in one step.
+const KQ: usize = 4;
+/// Bytes of im2col + packed activations a chunk may take: about half of a 512 KB L2
+/// (Zen 3, Cortex-A76), leaving room for the weights streamed past it.
+const CHUNK_BYTES: usize = 192 * 1024;
+/// Largest `|w[2i]| + |w[2i+1]|` for which `255 * sum <= i16::MAX`: no `vpmaddubsw` pair
+/// saturates, whatever the u8 inputs.
+pub const PAIR_MAX: i32 = 128;
+
+/// Shape of one convolution over one image.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Geometry {
+    /// Input channels, height, width.
+    pub chw: (usize, usize, usize),
+    /// Kernel height and width.
+    pub kernel: (usize, usize),
+    pub stride: (usize, usize),
+    /// Padding before (top, left); what falls outside the input on any side reads as the
+    /// input zero point.
+    pub pad: (usize, usize),
+    /// Output height and width.
+    pub out: (usize, usize),
+}
+
+impl Geometry {
+    /// Depth of the im2col matrix: `C * kh * kw`.
+    pub fn depth(&self) -> usize {
+        self.chw.0 * self.kernel.0 * self.kernel.1
+    }
+
+    fn quads(&self) -> usize {
+        self.depth().div_ceil(KQ)
+    }
+
+    pub fn positions(&self) -> usize {
+        self.out.0 * self.out.1
+    }
+
+    pub fn input_len(&self) -> usize {
+        self.chw.0 * self.chw.1 * self.chw.2
+    }
+
+    /// 1x1, stride 1, no padding: the input planes are the im2col rows.
+    fn pointwise(&self) -> bool {
+        self.kernel == (1, 1) && self.stride == (1, 1) && self.pad == (0, 0)
+    }
+
+    /// Positions per chunk: a multiple of [`NR`] whose im2col rows and packed copy fit
+    /// [`CHUNK_BYTES`].
+    fn chunk(&self) -> usize {
+        let per_position = 2 * self.quads() * KQ;
+        let all = self.positions().div_ceil(NR) * NR;
+        // Small maps with deep kernels (ResNet's last stage): one chunk, so the weights stream
+        // past once rather than once per chunk; the threads split the channels instead.
+        if all * per_position <= 4 * CHUNK_BYTES {
+            return all.clamp(NR, 32 * NR);
+        }
+        let fit = (CHUNK_BYTES / per_position.max(1)) / NR * NR;
+        fit.clamp(NR, 32 * NR).min(all)
+    }
+}
+
+/// Packed weights and the per-channel constants of the requantisation.
+#[derive(Debug)]
+pub struct Weights {
+    /// Output channels.
+    pub m: usize,
+    quads: usize,
+    /// `[m / MR][quads][MR][KQ]`, channels past `m` and depth past `C*kh*kw` zero.
+    packed: Vec<i8>,
+    /// `bias[m] - x_zero * sum_k w[m][k]`: the zero point folded out of the accumulator.
+    offset: Vec<i32>,
+    x_zero: u8,
+    /// u8 outputs; i32 accumulators (`MatMulInteger`) without.
+    pub requant: Option<Requant>,
+}
+
+/// Accumulator to u8: `clamp(round(acc * multiplier[m]) + y_zero, 0, 255)`.
+#[derive(Debug)]
+pub struct Requant {
+    /// `x_scale * w_scale[m] / y_scale`.
+    multiplier: Vec<f32>,
+    y_zero: i32,
+}
+
+/// The quantisation of one `QLinearConv` (or `MatMulInteger`, without `y`), as its inputs
+/// give it.
+pub struct QParams<'a> {
+    pub x_zero: u8,
+    pub bias: &'a [i32],
+    /// `(x_scale, w_scales, y_zero, y_scale)` for u8 outputs.
+    pub y: Option<(f32, &'a [f32], u8, f32)>,
+}
+
+impl Weights {
+    /// Pack `w` (`[m, depth]`, OIHW order); `None` when some pair of weights the microkernel
+    /// multiplies together could saturate (see [`PAIR_MAX`]).
+    pub fn new(w: &[i8], m: usize, depth: usize, q: &QParams) -> Option<Weights> {
+        if w.len() != m * depth || q.bias.len() != m || m == 0 {
+            return None;
+        }
+        let saturates = w.chunks(depth).any(|row| {
+            row.chunks(KQ)
+                .flat_map(|quad| quad.chunks(2))
+                .any(|pair| pair.iter().map(|&v| (v as i32).abs()).sum::<i32>() > PAIR_MAX)
+        });
+        if saturates {
+            return None;
+        }
+        let quads = depth.div_ceil(KQ);
+        let groups = m.div_ceil(MR);
+        let mut packed = vec![0i8; groups * quads * MR * KQ];
+        for (ch, row) in w.chunks(depth).enumerate() {
+            let (g, r) = (ch / MR, ch % MR);
+            for (k, &v) in row.iter().enumerate() {
+                packed[((g * quads + k / KQ) * MR + r) * KQ + k % KQ] = v;
+            }
+        }
+        let offset = w
+            .chunks(depth)
+            .zip(q.bias)
+            .map(|(row, &b)| {
+                let sum: i64 = row.iter().map(|&v| v as i64).sum();
+                i32::try_from(b as i64 - q.x_zero as i64 * sum).ok()
+            })
+            .collect::<Option<Vec<i32>>>()?;
+        let requant = match q.y {
+            None => None,
+            Some((x_scale, w_scales, y_zero, y_scale)) => {
+                let multiplier: Vec<f32> =
+                    w_scales.iter().map(|&s| x_scale * s / y_scale).collect();
+                if multiplier.len() != m || multiplier.iter().any(|v| !v.is_finite()) {
+                    return None;
+                }
+                Some(Requant {
+                    multiplier,
+                    y_zero: y_zero as i32,
+                })
+            }
+        };
+        Some(Weights {
+            m,
+            quads,
+            packed,
+            offset,
+            x_zero: q.x_zero,
+            requant,
+        })
+    }
+
+    fn group(&self, g: usize) -> &[i8] {
+        let len = self.quads * MR * KQ;
+        &self.packed[g * len..(g + 1) * len]
+    }
+}
+
+/// Whether the fast microkernel runs on this CPU.
+pub fn available() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::arch::is_x86_feature_detected!("avx2")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// One piece of work: a chunk of positions of one image, for a range of channel groups.
+#[derive(Clone, Debug)]
+pub struct Task {
+    pub image: usize,
+    pub positions: Range<usize>,
+    pub groups: Range<usize>,
+}
+
+/// The tasks of a convolution over `images` images for `threads` threads: chunks of positions,
+/// and when those are too few to share out evenly, channel ranges too (channel-major, so
+/// contiguous runs of tasks split the channels).
+pub fn tasks(geo: &Geometry, m: usize, images: usize, threads: usize) -> Vec<Task> {
+    let p = geo.positions();
+    let threads = threads.max(1);
+    let groups = m.div_ceil(MR);
+    let mut chunk = geo.chunk();
+    let count = images * p.div_ceil(chunk);
+    let splits = if count >= 4 * threads {
+        // As many chunks as fit the cache budget, rounded up to a multiple of the threads so
+        // each gets the same share.
+        let per_image = count.next_multiple_of(threads) / images;
+        chunk = p.div_ceil(per_image.max(1)).next_multiple_of(NR).min(chunk);
+        1
+    } else {
+        threads.clamp(1, groups)
+    };
+    let chunks: Vec<Range<usize>> = (0..p)
+        .step_by(chunk)
+        .map(|s| s..(s + chunk).min(p))
+        .collect();
+    let per = groups.div_ceil(splits);
+    let mut tasks = Vec::new();
+    for start in (0..groups).step_by(per) {
+        for image in 0..images {
+            for positions in &chunks {
+                tasks.push(Task {
+                    image,
+                    positions: positions.clone(),
+                    groups: start..(start + per).min(groups),
+                });
+            }
+        }
+    }
+    tasks
+}
+
+thread_local! {
+    /// im2col rows and packed activations, reused across runs (a fresh allocation of this size
+    /// would be mapped and faulted in on every call).
+    static SCRATCH: RefCell<(Vec<u8>, Vec<u8>)> = const { RefCell::new((Vec::new(), Vec::new())) };
+}
+
+/// Output pointer shared by the tasks, each writing its own channels x positions.
+#[derive(Clone, Copy)]
+pub struct OutPtr(pub *mut u8);
+// SAFETY: tasks write disjoint elements (see `run_task`), and the buffer outlives the scope.
+unsafe impl Send for OutPtr {}
+unsafe impl Sync for OutPtr {}
+
+/// Run one task: `x` is the whole input batch, `out` the whole output batch
+/// (`[images, m, positions]` of u8, or of i32 without requantisation; `out_len` elements).
+///
+/// # Safety
+/// `out` must point to `out_len` writable elements that no other task writes at the same
+/// channels and positions.
+pub unsafe fn run_task(
+    geo: &Geometry,
+    w: &Weights,
+    x: &[u8],
+    out: OutPtr,
+    out_len: usize,
+    task: &Task,
+    fast: bool,
+) {
+    let image = &x[task.image * geo.input_len()..(task.image + 1) * geo.input_len()];
+    let p = geo.positions();
+    let base = task.image * w.m * p;
+    debug_assert!(base + w.m * p <= out_len);
+    let len = task.positions.len();
+    let blocks = len.div_ceil(NR);
+    let quads = geo.quads();
+    SCRATCH.with(|scratch| {
+        let mut scratch = scratch.borrow_mut();
+        let (cols, packed) = &mut *scratch;
+        packed.resize(blocks * quads * NR * KQ, 0);
+        if geo.pointwise() {
+            let start = task.positions.start;
+            let row = |k: usize| Some(&image[k * p + start..k * p + start + len]);
+            pack(row, quads, geo.depth(), len, w.x_zero, packed);
+        } else {
+            cols.resize(geo.depth() * len, 0);
+            im2col(geo, image, task.positions.clone(), w.x_zero, cols);
+            let row = |k: usize| Some(&cols[k * len..(k + 1) * len]);
+            pack(row, quads, geo.depth(), len, w.x_zero, packed);
+        }
+        let mut acc = [[0i32; NR]; MR];
+        let mut bytes = [[0u8; NR]; MR];
+        for g in task.groups.clone() {
+            let wg = w.group(g);
+            for b in 0..blocks {
+                let xb = &packed[b * quads * NR * KQ..(b + 1) * quads * NR * KQ];
+                let channels = g * MR..((g + 1) * MR).min(w.m);
+                let p0 = task.positions.start + b * NR;
+                let n = NR.min(task.positions.end - p0);
+                match &w.requant {
+                    Some(rq) => {
+                        let consts: [(i32, f32); MR] = std::array::from_fn(|r| {
+                            let ch = (g * MR + r).min(w.m - 1);
+                            (w.offset[ch], rq.multiplier[ch])
+                        });
+                        requantised(xb, wg, quads, &consts, rq.y_zero, &mut bytes, fast);
+                    }
+                    None => microkernel(xb, wg, quads, &mut acc, fast),
+                }
+                for (r, ch) in channels.enumerate() {
+                    let at = base + ch * p + p0;
+                    debug_assert!(at + n <= out_len);
+                    // SAFETY: in bounds (above), and this task's channels x positions only.
+                    unsafe {
+                        if w.requant.is_some() {
+                            std::ptr::copy_nonoverlapping(bytes[r].as_ptr(), out.0.add(at), n);
+                        } else {
+                            let out = (out.0 as *mut i32).add(at);
+                            for (j, &a) in acc[r][..n].iter().enumerate() {
+                                out.add(j).write_unaligned(a + w.offset[ch]);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    });
+}
+
+/// im2col rows for `positions`: `cols[k][j]` is the input under tap `k` (channel, ky, kx) at
+/// output position `positions.start + j`, or `zero` in the padding.
+fn im2col(geo: &Geometry, image: &[u8], positions: Range<usize>, zero: u8, cols: &mut [u8]) {
+    let (_, h, w) = geo.chw;
+    let (kh, kw) = geo.kernel;
+    let (sh, sw) = geo.stride;
+    let (pt, pl) = geo.pad;
+    let ow = geo.out.1;
+    let len = positions.len();
+    for (k, row) in cols.chunks_exact_mut(len).enumerate() {
+        let (c, ky, kx) = (k / (kh * kw), k / kw % kh, k % kw);
+        let plane = &image[c * h * w..(c + 1) * h * w];
+        let mut j = 0;
+        while j < len {
+            let pos = positions.start + j;
+            let (oy, ox0) = (pos / ow, pos % ow);
+            let run = (ow - ox0).min(len - j);
+            let dst = &mut row[j..j + run];
+            let iy = (oy * sh + ky) as isize - pt as isize;
+            if iy < 0 || iy >= h as isize {
+                dst.fill(zero);
+            } else {
+                let src = &plane[iy as usize * w..(iy as usize + 1) * w];
+                // Output columns whose input column `ox * sw + kx - pl` is inside the row.
+                let first = pl.saturating_sub(kx).div_ceil(sw);
+                let end = (w + pl).saturating_sub(kx).div_ceil(sw);
+                let (a, b) = (first.clamp(ox0, ox0 + run), end.clamp(ox0, ox0 + run));
+                let b = b.max(a);
+                dst[..a - ox0].fill(zero);
+                dst[b - ox0..].fill(zero);
+                let inside = &mut dst[a - ox0..b - ox0];
+                let start = (a * sw + kx).saturating_sub(pl);
+                if inside.is_empty() {
+                } else if sw == 1 {
+                    inside.copy_from_slice(&src[start..start + inside.len()]);
+                } else {
+                    gather_strided(&src[start..], sw, inside);
+                }
+            }
+            j += run;
+        }
+    }
+}
+
+/// `dst[i] = src[i * stride]`; stride 2 (the stem, downsampling convs) sixteen at a time.
+fn gather_strided(src: &[u8], stride: usize, dst: &mut [u8]) {
+    let mut done = 0;
+    #[cfg(target_arch = "x86_64")]
+    if stride == 2 {
+        // Full 32-byte loads only: the last one must end inside `src`.
+        while done + NR <= dst.len() && 2 * done + 2 * NR <= src.len() {
+            sse2::even_bytes(&src[2 * done..2 * done + 2 * NR], &mut dst[done..done + NR]);
+            done += NR;
+        }
+    }
+    for (d, s) in dst[done..]
+        .iter_mut()
+        .zip(src[done * stride..].iter().step_by(stride))
+    {
+        *d = *s;
+    }
+}
+
+/// Interleave im2col rows into the microkernel's layout: per block of [`NR`] positions and per
+/// quad of rows, `[NR][KQ]` bytes. Rows past `depth`, and positions past `len`, read `zero`
+/// (their weights are zero, or their outputs are not stored).
+fn pack<'a>(
+    row: impl Fn(usize) -> Option<&'a [u8]>,
+    quads: usize,
+    depth: usize,
+    len: usize,
+    zero: u8,
+    packed: &mut [u8],
+) {
+    let blocks = len.div_ceil(NR);
+    for q in 0..quads {
+        let rows: [Option<&[u8]>; KQ] =
+            std::array::from_fn(|i| (q * KQ + i < depth).then(|| row(q * KQ + i)).flatten());
+        for b in 0..blocks {
+            let dst = &mut packed[(b * quads + q) * NR * KQ..][..NR * KQ];
+            let p0 = b * NR;
+            let n = NR.min(len - p0);
+            #[cfg(target_arch = "x86_64")]
+            if n == NR {
+                if let [Some(r0), Some(r1), Some(r2), Some(r3)] = rows {
+                    let src = [
+                        &r0[p0..p0 + NR],
+                        &r1[p0..p0 + NR],
+                        &r2[p0..p0 + NR],
+                        &r3[p0..p0 + NR],
+                    ];
+                    sse2::interleave(src, dst);
+                    continue;
+                }
+            }
+            for (i, r) in rows.iter().enumerate() {
+                match r {
+                    Some(r) => {
+                        for j in 0..n {
+                            dst[j * KQ + i] = r[p0 + j];
+                        }
+                        for j in n..NR {
+                            dst[j * KQ + i] = zero;
+                        }
+                    }
+                    None => (0..NR).for_each(|j| dst[j * KQ + i] = zero),
+                }
+            }
+        }
+    }
+}
+
+/// `acc[r][j] = sum_k w[r][k] * x[k][j]` over one block of packed activations and one group of
+/// packed weights.
+fn microkernel(x: &[u8], w: &[i8], quads: usize, acc: &mut [[i32; NR]; MR], fast: bool) {
+    assert!(x.len() >= quads * NR * KQ && w.len() >= quads * MR * KQ);
+    #[cfg(target_arch = "x86_64")]
+    if fast {
+        // SAFETY: AVX2 was detected ([`available`]) before the rule fired; lengths checked above.
+        unsafe { avx2::microkernel(x.as_ptr(), w.as_ptr(), quads, acc) };
+        return;
+    }
+    let _ = fast;
+    *acc = [[0; NR]; MR];
+    for q in 0..quads {
+        let xq = &x[q * NR * KQ..][..NR * KQ];
+        let wq = &w[q * MR * KQ..][..MR * KQ];
+        for (r, acc) in acc.iter_mut().enumerate() {
+            for (j, a) in acc.iter_mut().enumerate() {
+                for i in 0..KQ {
+                    *a += wq[r * KQ + i] as i32 * xq[j * KQ + i] as i32;
+                }
+            }
+        }
+    }
+}
+
+/// [`microkernel`] and then `y = clamp(round((acc + offset) * multiplier) + y_zero, 0, 255)`
+/// per row, rounding half to even as ONNX's QuantizeLinear does.
+fn requantised(
+    x: &[u8],
+    w: &[i8],
+    quads: usize,
+    consts: &[(i32, f32); MR],
+    y_zero: i32,
+    out: &mut [[u8; NR]; MR],
+    fast: bool,
+) {
+    assert!(x.len() >= quads * NR * KQ && w.len() >= quads * MR * KQ);
+    #[cfg(target_arch = "x86_64")]
+    if fast {
+        // SAFETY: AVX2 was detected ([`available`]) before the rule fired; lengths checked above.
+        unsafe {
+            avx2::microkernel_requantised(x.as_ptr(), w.as_ptr(), quads, consts, y_zero, out)
+        };
+        return;
+    }
+    let mut acc = [[0; NR]; MR];
+    microkernel(x, w, quads, &mut acc, fast);
+    for ((acc, out), &(offset, multiplier)) in acc.iter().zip(out.iter_mut()).zip(consts) {
+        for (o, &a) in out.iter_mut().zip(acc) {
+            let v = ((a + offset) as f32 * multiplier).round_ties_even() as i32 + y_zero;
+            *o = v.clamp(0, 255) as u8;
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod sse2 {
+    use super::{KQ, NR};
+    use std::arch::x86_64::*;
+
+    /// `dst[j] = src[2 * j]` for 16 bytes.
+    pub fn even_bytes(src: &[u8], dst: &mut [u8]) {
+        assert!(src.len() >= 2 * NR && dst.len() >= NR);
+        // SAFETY: SSE2 is part of x86_64; lengths checked above.
+        unsafe {
+            let mask = _mm_set1_epi16(0x00ff);
+            let lo = _mm_and_si128(_mm_loadu_si128(src.as_ptr() as *const __m128i), mask);
+            let hi = _mm_and_si128(
+                _mm_loadu_si128(src.as_ptr().add(16) as *const __m128i),
+                mask,
+            );
+            _mm_storeu_si128(dst.as_mut_ptr() as *mut __m128i, _mm_packus_epi16(lo, hi));
+        }
+    }
+
+    /// `dst[j * 4 + i] = src[i][j]`: four rows of 16 bytes to 16 positions of 4 bytes.
+    pub fn interleave(src: [&[u8]; KQ], dst: &mut [u8]) {
+        assert!(src.iter().all(|r| r.len() >= NR) && dst.len() >= NR * KQ);
+        // SAFETY: SSE2 is part of x86_64; lengths checked above.
+        unsafe {
+            let load = |r: &[u8]| _mm_loadu_si128(r.as_ptr() as *const __m128i);
+            let (r0, r1, r2, r3) = (load(src[0]), load(src[1]), load(src[2]), load(src[3]));
+            let (lo01, hi01) = (_mm_unpacklo_epi8(r0, r1), _mm_unpackhi_epi8(r0, r1));
+            let (lo23, hi23) = (_mm_unpacklo_epi8(r2, r3), _mm_unpackhi_epi8(r2, r3));
+            let out = dst.as_mut_ptr() as *mut __m128i;
+            _mm_storeu_si128(out, _mm_unpacklo_epi16(lo01, lo23));
+            _mm_storeu_si128(out.add(1), _mm_unpackhi_epi16(lo01, lo23));
+            _mm_storeu_si128(out.add(2), _mm_unpacklo_epi16(hi01, hi23));
+            _mm_storeu_si128(out.add(3), _mm_unpackhi_epi16(hi01, hi23));
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx2 {
+    use super::{KQ, MR, NR};
+    use std::arch::x86_64::*;
+
+    /// The accumulators of one block, in registers.
+    #[inline(always)]
+    unsafe fn accumulate(x: *const u8, w: *const i8, quads: usize) -> [[__m256i; 2]; MR] {
+        let ones = _mm256_set1_epi16(1);
+        let mut c = [[_mm256_setzero_si256(); 2]; MR];
+        for q in 0..quads {
+            let xq = x.add(q * NR * KQ) as *const __m256i;
+            let a0 = _mm256_loadu_si256(xq);
+            let a1 = _mm256_loadu_si256(xq.add(1));
+            let wq = w.add(q * MR * KQ) as *const i32;
+            for (r, c) in c.iter_mut().enumerate() {
+                let b = _mm256_set1_epi32(wq.add(r).read_unaligned());
+                c[0] = _mm256_add_epi32(c[0], _mm256_madd_epi16(_mm256_maddubs_epi16(a0, b), ones));
+                c[1] = _mm256_add_epi32(c[1], _mm256_madd_epi16(_mm256_maddubs_epi16(a1, b), ones));
+            }
+        }
+        c
+    }
+
+    #[target_feature(enable = "avx2")]
+    pub unsafe fn microkernel(x: *const u8, w: *const i8, quads: usize, acc: &mut [[i32; NR]; MR]) {
+        let c = accumulate(x, w, quads);
+        for (c, acc) in c.iter().zip(acc.iter_mut()) {
+            _mm256_storeu_si256(acc.as_mut_ptr() as *mut __m256i, c[0]);
+            _mm256_storeu_si256(acc.as_mut_ptr().add(8) as *mut __m256i, c[1]);
+        }
+    }
+
+    /// [`microkernel`] with the requantisation applied to the registers: rows past
+    /// `consts.len()` are left alone.
+    #[target_feature(enable = "avx2")]
+    pub unsafe fn microkernel_requantised(
+        x: *const u8,
+        w: *const i8,
+        quads: usize,
+        consts: &[(i32, f32)],
+        y_zero: i32,
+        out: &mut [[u8; NR]; MR],
+    ) {
+        let c = accumulate(x, w, quads);
+        for ((c, out), &(offset, multiplier)) in c.iter().zip(out.iter_mut()).zip(consts) {
+            store_requantised(c[0], c[1], offset, multiplier, y_zero, out);
+        }
+    }
+
+    #[inline(always)]
+    unsafe fn store_requantised(
+        lo: __m256i,
+        hi: __m256i,
+        offset: i32,
+        multiplier: f32,
+        y_zero: i32,
+        out: &mut [u8; NR],
+    ) {
+        let offset = _mm256_set1_epi32(offset);
+        let multiplier = _mm256_set1_ps(multiplier);
+        let y_zero = _mm256_set1_epi32(y_zero);
+        let scale = |v: __m256i| {
+            let v = _mm256_cvtepi32_ps(_mm256_add_epi32(v, offset));
+            // cvtps rounds by MXCSR: to nearest, ties to even.
+            _mm256_add_epi32(_mm256_cvtps_epi32(_mm256_mul_ps(v, multiplier)), y_zero)
+        };
+        let (lo, hi) = (scale(lo), scale(hi));
+        // packs works per 128-bit lane: [lo0-3 hi0-3 | lo4-7 hi4-7], reordered to 0..16.
+        let words = _mm256_permute4x64_epi64(_mm256_packs_epi32(lo, hi), 0b11_01_10_00);
+        let bytes = _mm256_packus_epi16(words, words);
+        let bytes = _mm256_permute4x64_epi64(bytes, 0b00_00_10_00);
+        _mm_storeu_si128(
+            out.as_mut_ptr() as *mut __m128i,
+            _mm256_castsi256_si128(bytes),
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The convolution straight from its definition, in i64.
+    fn reference(geo: &Geometry, x: &[u8], w: &[i8], q: &QParams) -> Vec<i64> {
+        let (c, h, wd) = geo.chw;
+        let (kh, kw) = geo.kernel;
+        let m = q.bias.len();
+        let mut out = Vec::new();
+        for o in 0..m {
+            for oy in 0..geo.out.0 {
+                for ox in 0..geo.out.1 {
+                    let mut acc = q.bias[o] as i64;
+                    for ci in 0..c {
+                        for ky in 0..kh {
+                            for kx in 0..kw {
+                                let iy = (oy * geo.stride.0 + ky) as isize - geo.pad.0 as isize;
+                                let ix = (ox * geo.stride.1 + kx) as isize - geo.pad.1 as isize;
+                                let v = if iy < 0 || ix < 0 || iy >= h as isize || ix >= wd as isize
+                                {
+                                    q.x_zero
+                                } else {
+                                    x[(ci * h + iy as usize) * wd + ix as usize]
+                                };
+                                let wv = w[((o * c + ci) * kh + ky) * kw + kx];
+                                acc += wv as i64 * (v as i64 - q.x_zero as i64);
+                            }
+                        }
+                    }
+                    out.push(match q.y {
+                        Some((x_scale, w_scales, y_zero, y_scale)) => {
+                            let y = (acc as f64 * (x_scale * w_scales[o] / y_scale) as f64)
+                                .round_ties_even() as i64
+                                + y_zero as i64;
+                            y.clamp(0, 255)
+                        }
+                        None => acc,
+                    });
+                }
+            }
+        }
+        out
+    }
+
+    fn bytes(len: usize, seed: u32) -> Vec<u8> {
+        let mut s = seed.max(1);
+        (0..len)
+            .map(|_| {
+                s ^= s << 13;
+                s ^= s >> 17;
+                s ^= s << 5;
+                s as u8
+            })
+            .collect()
+    }
+
+    fn check(geo: Geometry, m: usize, requantised: bool, fast: bool) {
+        let depth = geo.depth();
+        let x = bytes(geo.input_len(), 3);
+        let w: Vec<i8> = bytes(m * depth, 5)
+            .iter()
+            .map(|&b| (b as i32 % 129 - 64) as i8)
+            .collect();
+        let bias: Vec<i32> = (0..m as i32).map(|i| i * 997 - 20_000).collect();
+        let w_scales: Vec<f32> = (0..m).map(|i| 0.001 + i as f32 * 1e-4).collect();
+        let q = QParams {
+            x_zero: 7,
+            bias: &bias,
+            y: requantised.then_some((0.05, &w_scales[..], 100, 0.02)),
+        };
+        let weights = Weights::new(&w, m, depth, &q).expect("no saturating pairs");
+        let want = reference(&geo, &x, &w, &q);
+        for threads in [1, 3] {
+            let got: Vec<i64> = if requantised {
+                let mut got = vec![0u8; want.len()];
+                for task in tasks(&geo, m, 1, threads) {
+                    let ptr = OutPtr(got.as_mut_ptr());
+                    unsafe { run_task(&geo, &weights, &x, ptr, want.len(), &task, fast) };
+                }
+                got.into_iter().map(i64::from).collect()
+            } else {
+                let mut got = vec![0i32; want.len()];
+                for task in tasks(&geo, m, 1, threads) {
+                    let ptr = OutPtr(got.as_mut_ptr() as *mut u8);
+                    unsafe { run_task(&geo, &weights, &x, ptr, want.len(), &task, fast) };
+                }
+                got.into_iter().map(i64::from).collect()
+            };
+            let off = want.iter().zip(&got).filter(|(a, b)| a != b).count();
+            assert_eq!(off, 0, "{geo:?} m={m} fast={fast}: {off} outputs differ");
+        }
+        if requantised && want.len() > 50 {
+            // The scales put some outputs past either end, so the clamping is checked too.
+            let clamped = want.iter().filter(|&&v| v == 0 || v == 255).count();
+            assert!(
+                clamped > 0 && clamped < want.len(),
+                "{geo:?}: {clamped} clamped"
+            );
+        }
+    }
+
+    fn geometries() -> Vec<(Geometry, usize)> {
+        vec![
+            // 3x3 stride 1 padded, positions not a multiple of NR, channels not of MR.
+            (
+                Geometry {
+                    chw: (5, 9, 7),
+                    kernel: (3, 3),
+                    stride: (1, 1),
+                    pad: (1, 1),
+                    out: (9, 7),
+                },
+                6,
+            ),
+            // The stem's shape, smaller: 7x7 stride 2 pad 3.
+            (
+                Geometry {
+                    chw: (3, 20, 18),
+                    kernel: (7, 7),
+                    stride: (2, 2),
+                    pad: (3, 3),
+                    out: (10, 9),
+                },
+                8,
+            ),
+            // 1x1 stride 1 (pointwise, no im2col) and 1x1 stride 2 (a downsample).
+            (
+                Geometry {
+                    chw: (13, 6, 6),
+                    kernel: (1, 1),
+                    stride: (1, 1),
+                    pad: (0, 0),
+                    out: (6, 6),
+                },
+                9,
+            ),
+            (
+                Geometry {
+                    chw: (8, 7, 7),
+                    kernel: (1, 1),
+                    stride: (2, 2),
+                    pad: (0, 0),
+                    out: (4, 4),
+                },
+                4,
+            ),
+            // A classifier head: one position.
+            (
+                Geometry {
+                    chw: (40, 1, 1),
+                    kernel: (1, 1),
+                    stride: (1, 1),
+                    pad: (0, 0),
+                    out: (1, 1),
+                },
+                10,
+            ),
+        ]
+    }
+
+    #[test]
+    fn scalar_kernel_matches_the_definition() {
+        for (geo, m) in geometries() {
+            check(geo.clone(), m, true, false);
+            check(geo, m, false, false);
+        }
+    }
+
+    #[test]
+    fn avx2_kernel_matches_the_definition() {
+        if !available() {
+            eprintln!("no AVX2 here: the scalar kernel is what the test above checks");
+            return;
+        }
+        for (geo, m) in geometries() {
+            check(geo.clone(), m, true, true);
+            check(geo, m, false, true);
+        }
+    }
+
+    #[test]
+    fn weights_that_could_saturate_are_refused() {
+        let q = QParams {
+            x_zero: 0,
+            bias: &[0],
+            y: None,
+        };
+        // 100 + 28 = 128 fits (255 * 128 = 32640); 100 + 29 does not.
+        assert!(Weights::new(&[100, -28, 127, 1], 1, 4, &q).is_some());
+        assert!(Weights::new(&[100, -29, 0, 0], 1, 4, &q).is_none());
+        // Pairs are (0,1), (2,3): 127 next to 1 is fine, 127 across a pair boundary too.
+        assert!(Weights::new(&[1, 127, 1, 0], 1, 4, &q).is_some());
+    }
+}

@@ -1,0 +1,557 @@
+//! `int8-conv`: quantised convolutions (ONNX `QLinearConv`, u8 activations, per-channel
+//! symmetric i8 weights) on our u8 x i8 kernel instead of tract's.
+//!
+//! Why: on x86 tract 0.23.9 runs integer convolutions through `avx2_mmm_i32_8x8`, which widens
+//! every byte to 16 bits and multiplies 8 lanes at a time; `profile` measured about 1 GOP/s
+//! in every conv of ResNet-18 and -50, 45-65x slower than f32. [`kernel`] multiplies bytes
+//! with `vpmaddubsw` and requantises in its epilogue. On ARM tract's integer kernels (SMLAL,
+//! SDOT) are its strong side, so the rule fires only where the AVX2 kernel runs.
+
+pub mod kernel;
+
+use tract_core::internal::*;
+use tract_core::ops::cnn::{Conv, KernelFormat};
+use tract_core::ops::einsum::EinSum;
+use tract_core::ops::nn::DataFormat;
+
+use kernel::{Geometry, OutPtr, QParams, Weights};
+
+use super::{on_tract_threads_in_runs, tract_threads};
+
+/// A quantised convolution (or the `MatMulInteger` of a classifier head) with its weights
+/// packed for [`kernel`]: u8 in; u8 out, or i32 accumulators for `MatMulInteger`.
+#[derive(Debug, Clone)]
+pub struct Int8Conv {
+    pub geometry: Geometry,
+    pub weights: Arc<Weights>,
+    /// The shapes tract gave the replaced node (NCHW, CHW, or `[N, classes]`).
+    pub input_shape: TVec<usize>,
+    pub output_shape: TVec<usize>,
+    /// Weights and biases of the conv, for `info`.
+    pub parameters: usize,
+}
+
+impl PartialEq for Int8Conv {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.weights, &other.weights) && self.input_shape == other.input_shape
+    }
+}
+
+impl Eq for Int8Conv {}
+
+impl Int8Conv {
+    /// Multiply-accumulates of the whole batch.
+    pub fn macs(&self) -> u64 {
+        let images = self.input_shape.iter().product::<usize>() / self.geometry.input_len();
+        (images * self.geometry.positions() * self.geometry.depth() * self.weights.m) as u64
+    }
+
+    fn output_type(&self) -> DatumType {
+        if self.weights.requant.is_some() {
+            u8::datum_type()
+        } else {
+            i32::datum_type()
+        }
+    }
+}
+
+impl Op for Int8Conv {
+    fn name(&self) -> StaticName {
+        "Int8Conv".into()
+    }
+
+    fn info(&self) -> TractResult<Vec<String>> {
+        let g = &self.geometry;
+        Ok(vec![format!(
+            "{}x{} stride {:?}, {} -> {} channels",
+            g.kernel.0, g.kernel.1, g.stride, g.chw.0, self.weights.m
+        )])
+    }
+
+    op_as_typed_op!();
+}
+
+impl EvalOp for Int8Conv {
+    op_out_of_plan!();
+
+    fn eval(&self, _ctx: &EvalContext, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
+        let x = args_1!(inputs);
+        ensure!(
+            *x.shape() == *self.input_shape,
+            "Int8Conv built for {:?}, given {:?}",
+            self.input_shape,
+            x.shape()
+        );
+        let x = x.try_as_plain_ram()?;
+        let x = x.as_slice::<u8>()?;
+        let g = &self.geometry;
+        let images = x.len() / g.input_len();
+        let mut out = Tensor::zero_dt(self.output_type(), &self.output_shape)?;
+        {
+            let mut view = out.try_as_plain_ram_mut()?;
+            let len = view.len();
+            ensure!(len == images * self.weights.m * g.positions());
+            let ptr = OutPtr(view.as_bytes_mut().as_mut_ptr());
+            let tasks = kernel::tasks(g, self.weights.m, images, tract_threads());
+            let fast = kernel::available();
+            on_tract_threads_in_runs(tasks, |run| {
+                for task in &run {
+                    // SAFETY: `out` holds `len` elements of the output type and outlives the
+                    // scope; tasks cover disjoint channels x positions.
+                    unsafe { kernel::run_task(g, &self.weights, x, ptr, len, task, fast) };
+                }
+            });
+        }
+        Ok(tvec!(out.into_tvalue()))
+    }
+}
+
+impl TypedOp for Int8Conv {
+    fn output_facts(&self, inputs: &[&TypedFact]) -> TractResult<TVec<TypedFact>> {
+        ensure!(inputs[0].datum_type == u8::datum_type());
+        Ok(tvec!(self.output_type().fact(self.output_shape.clone())))
+    }
+
+    as_op!();
+}
+
+/// A constant input of `node` as a flat vector of `T`.
+fn konst<T: Datum + Copy>(facts: &[&TypedFact], i: usize) -> Option<Vec<T>> {
+    let t = facts.get(i)?.konst.as_ref()?;
+    let t = t.cast_to::<T>().ok()?;
+    let view = t.try_as_plain_ram().ok()?;
+    Some(view.as_slice::<T>().ok()?.to_vec())
+}
+
+/// The scalar constant input `i` of `node`.
+fn scalar<T: Datum + Copy>(facts: &[&TypedFact], i: usize) -> Option<T> {
+    match konst::<T>(facts, i)?.as_slice() {
+        [v] => Some(*v),
+        _ => None,
+    }
+}
+
+/// One value per channel from a constant of one or `m` values.
+fn per_channel<T: Datum + Copy>(facts: &[&TypedFact], i: usize, m: usize) -> Option<Vec<T>> {
+    match konst::<T>(facts, i)? {
+        v if v.len() == m => Some(v),
+        v if v.len() == 1 => Some(vec![v[0]; m]),
+        _ => None,
+    }
+}
+
+/// What the convolution computes: its geometry over one image and its weights `[m, depth]`.
+struct Shape {
+    geometry: Geometry,
+    weights: Vec<i8>,
+    m: usize,
+}
+
+/// tract's quantised `Conv` (its form of `QLinearConv`): ungrouped, undilated 2D, OIHW
+/// weights, NCHW or CHW.
+fn conv_shape(model: &TypedModel, node: &TypedNode, conv: &Conv) -> TractResult<Option<Shape>> {
+    let spec = &conv.pool_spec;
+    let ones = |v: &Option<TVec<usize>>| v.as_ref().is_none_or(|v| v.iter().all(|&x| x == 1));
+    if conv.q_params.is_none()
+        || conv.group != 1
+        || conv.kernel_fmt != KernelFormat::OIHW
+        || !matches!(spec.data_format, DataFormat::NCHW | DataFormat::CHW)
+        || spec.kernel_shape.len() != 2
+        || !ones(&spec.dilations)
+    {
+        return Ok(None);
+    }
+    let facts = model.node_input_facts(node.id)?;
+    let Some(shape) = facts[0].shape.as_concrete() else {
+        return Ok(None);
+    };
+    let (c, h, w) = match (spec.data_format, shape) {
+        (DataFormat::NCHW, &[_, c, h, w]) | (DataFormat::CHW, &[c, h, w]) => (c, h, w),
+        _ => return Ok(None),
+    };
+    let (kh, kw) = (spec.kernel_shape[0], spec.kernel_shape[1]);
+    let padding = spec.computed_padding(&[h, w]);
+    let Some(weights) = konst::<i8>(&facts, 1) else {
+        return Ok(None);
+    };
+    Ok(Some(Shape {
+        geometry: Geometry {
+            chw: (c, h, w),
+            kernel: (kh, kw),
+            stride: spec.strides.as_ref().map_or((1, 1), |s| (s[0], s[1])),
+            pad: (padding[0].pad_before, padding[1].pad_before),
+            out: (padding[0].convoluted, padding[1].convoluted),
+        },
+        weights,
+        m: spec.output_channels,
+    }))
+}
+
+/// The quantised `EinSum`s tract's declutter leaves: a 1x1 stride-1 conv (`[N]IHW,OI -> [N]OHW`)
+/// or a classifier head's `MatMulInteger` over the pooled `[N, K, 1, 1]` map (`[m]kba,kn -> mn`).
+fn einsum_shape(model: &TypedModel, node: &TypedNode, op: &EinSum) -> TractResult<Option<Shape>> {
+    if op.q_params.is_none() {
+        return Ok(None);
+    }
+    let axes = op.axes.to_string();
+    let Some((inputs, _)) = axes.split_once("->") else {
+        return Ok(None);
+    };
+    let facts = model.node_input_facts(node.id)?;
+    let (Some(x), Some(w)) = (facts[0].shape.as_concrete(), facts[1].shape.as_concrete()) else {
+        return Ok(None);
+    };
+    let x_axes = inputs.split(',').next().unwrap_or("");
+    let (c, h, wd, transposed) = match (axes.as_str(), x) {
+        (
+            "NIHW,OI,O,,,O,O,,->NOHW"
+            | "NIHW,OI,O,,,O,O,,->OHW"
+            | "IHW,OI,O,,,O,O,,->NOHW"
+            | "IHW,OI,O,,,O,O,,->OHW",
+            _,
+        ) => {
+            let s = &x[x.len().saturating_sub(3)..];
+            match (x_axes.len() == x.len(), s) {
+                (true, &[c, h, w]) => (c, h, w, false),
+                _ => return Ok(None),
+            }
+        }
+        ("mkba,kn,,,,n,,,->mn", &[_, k, 1, 1]) | ("kba,kn,,,,n,,,->mn", &[k, 1, 1]) => {
+            (k, 1, 1, true)
+        }
+        _ => return Ok(None),
+    };
+    let (m, depth) = match (transposed, w) {
+        (false, &[m, i]) if i == c => (m, c),
+        (true, &[k, n]) if k == c => (n, c),
+        _ => return Ok(None),
+    };
+    let Some(mut weights) = konst::<i8>(&facts, 1) else {
+        return Ok(None);
+    };
+    if transposed {
+        weights = (0..m * depth)
+            .map(|i| weights[(i % depth) * m + i / depth])
+            .collect();
+    }
+    Ok(Some(Shape {
+        geometry: Geometry {
+            chw: (c, h, wd),
+            kernel: (1, 1),
+            stride: (1, 1),
+            pad: (0, 0),
+            out: (h, wd),
+        },
+        weights,
+        m,
+    }))
+}
+
+/// The rule, rooted at a quantised `Conv` or `EinSum` with the nine inputs of `QLinearConv`
+/// (x, w, bias, x zero and scale, w zeros and scales, y zero and scale), all but x constant:
+/// u8 in; u8 out (requantised) or i32 (`MatMulInteger`); weight zero points all 0; no pair of
+/// weights that could saturate the AVX2 kernel; AVX2 present.
+pub fn rewrite(model: &TypedModel, node: &TypedNode) -> TractResult<Option<TypedModelPatch>> {
+    if node.inputs.len() != 9 || !kernel::available() {
+        return Ok(None);
+    }
+    let shape = if let Some(conv) = node.op_as::<Conv>() {
+        conv_shape(model, node, conv)?
+    } else if let Some(einsum) = node.op_as::<EinSum>() {
+        einsum_shape(model, node, einsum)?
+    } else {
+        None
+    };
+    let Some(Shape {
+        geometry,
+        weights,
+        m,
+    }) = shape
+    else {
+        return Ok(None);
+    };
+    let facts = model.node_input_facts(node.id)?;
+    let output = model.outlet_fact(node.id.into())?;
+    let (Some(input_shape), Some(output_shape)) =
+        (facts[0].shape.as_concrete(), output.shape.as_concrete())
+    else {
+        return Ok(None);
+    };
+    let requantised = output.datum_type == u8::datum_type();
+    if facts[0].datum_type != u8::datum_type()
+        || !(requantised || output.datum_type == i32::datum_type())
+        || output_shape.iter().product::<usize>()
+            != input_shape.iter().product::<usize>() / geometry.input_len()
+                * m
+                * geometry.positions()
+    {
+        return Ok(None);
+    }
+    let bias_given = facts[2]
+        .shape
+        .as_concrete()
+        .map_or(0, |s| s.iter().product());
+    let (Some(bias), Some(x_zero), Some(w_zero)) = (
+        per_channel::<i32>(&facts, 2, m),
+        scalar::<i32>(&facts, 3),
+        per_channel::<i32>(&facts, 5, m),
+    ) else {
+        return Ok(None);
+    };
+    let Ok(x_zero) = u8::try_from(x_zero) else {
+        return Ok(None);
+    };
+    if w_zero.iter().any(|&z| z != 0) {
+        return Ok(None);
+    }
+    let w_scales = per_channel::<f32>(&facts, 6, m).unwrap_or_default();
+    let y = if requantised {
+        let (Some(x_scale), Some(y_zero), Some(y_scale)) = (
+            scalar::<f32>(&facts, 4),
+            scalar::<i32>(&facts, 7),
+            scalar::<f32>(&facts, 8),
+        ) else {
+            return Ok(None);
+        };
+        let positive = |s: f32| s.is_finite() && s > 0.0;
+        let Ok(y_zero) = u8::try_from(y_zero) else {
+            return Ok(None);
+        };
+        if !positive(x_scale) || !positive(y_scale) || !w_scales.iter().all(|&s| positive(s)) {
+            return Ok(None);
+        }
+        Some((x_scale, &w_scales[..], y_zero, y_scale))
+    } else {
+        None
+    };
+    let q = QParams {
+        x_zero,
+        bias: &bias,
+        y,
+    };
+    let Some(packed) = Weights::new(&weights, m, geometry.depth(), &q) else {
+        return Ok(None);
+    };
+    let op = Int8Conv {
+        geometry,
+        weights: Arc::new(packed),
+        input_shape: input_shape.into(),
+        output_shape: output_shape.into(),
+        // As `info` counts the unrewritten graph: weights, and a bias given per channel.
+        parameters: weights.len() + if bias_given > 1 { bias_given } else { 0 },
+    };
+    let mut patch = TypedModelPatch::default();
+    let x = patch.tap_model(model, node.inputs[0])?;
+    let y = patch.wire_node(&node.name, op, &[x])?[0];
+    patch.shunt_outside(model, node.id.into(), y)?;
+    Ok(Some(patch))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::transform::rewrite::{apply, Rewrite, Rewrites};
+    use tract_core::ops::cnn::{PaddingSpec, PoolSpec};
+
+    fn bytes(len: usize, seed: u32) -> Vec<u8> {
+        let mut s = seed.max(1);
+        (0..len)
+            .map(|_| {
+                s ^= s << 13;
+                s ^= s >> 17;
+                s ^= s << 5;
+                s as u8
+            })
+            .collect()
+    }
+
+    /// A `QLinearConv` as tract's ONNX import declutters it: the reference.
+    fn qconv(
+        shape: &[usize],
+        m: usize,
+        k: usize,
+        stride: usize,
+        pad: usize,
+        w_max: i8,
+    ) -> TypedModel {
+        let c = shape[shape.len() - 3];
+        let mut model = TypedModel::default();
+        let x = model.add_source("x", u8::fact(shape)).unwrap();
+        let span = 2 * w_max as u32 + 1;
+        let w: Vec<i8> = bytes(m * c * k * k, 5)
+            .iter()
+            .map(|&b| ((b as u32 % span) as i32 - w_max as i32) as i8)
+            .collect();
+        let w = Tensor::from_shape(&[m, c, k, k], &w).unwrap();
+        let bias: Vec<i32> = (0..m as i32).map(|i| i * 331 - 2000).collect();
+        let scales: Vec<f32> = (0..m).map(|i| 0.002 + i as f32 * 1e-4).collect();
+        let mut inputs = vec![x];
+        for (name, t) in [
+            ("w", w),
+            ("b", tensor1(&bias)),
+            ("x0", tensor0(9i32)),
+            ("xs", tensor0(0.02f32)),
+            ("k0", tensor1(&vec![0i32; m])),
+            ("ks", tensor1(&scales)),
+            ("y0", tensor0(30i32)),
+            ("ys", tensor0(0.05f32)),
+        ] {
+            inputs.push(model.add_const(name, t).unwrap());
+        }
+        let pool_spec = PoolSpec {
+            data_format: if shape.len() == 4 {
+                DataFormat::NCHW
+            } else {
+                DataFormat::CHW
+            },
+            kernel_shape: tvec![k, k],
+            padding: PaddingSpec::Explicit(tvec![pad, pad], tvec![pad, pad]),
+            dilations: None,
+            strides: Some(tvec![stride, stride]),
+            input_channels: c,
+            output_channels: m,
+        };
+        let op = Conv::new(pool_spec, KernelFormat::OIHW, 1, Some(u8::datum_type()));
+        let y = model.wire_node("conv", op, &inputs).unwrap()[0];
+        model.select_output_outlets(&[y]).unwrap();
+        model
+    }
+
+    fn run<T: Datum + Copy + Into<i64>>(model: TypedModel, shape: &[usize]) -> Vec<i64> {
+        let input = Tensor::from_shape(shape, &bytes(shape.iter().product(), 3)).unwrap();
+        let out = model
+            .into_optimized()
+            .unwrap()
+            .into_runnable()
+            .unwrap()
+            .run(tvec!(input.into()))
+            .unwrap();
+        let out = out[0].clone().into_tensor();
+        let view = out.try_as_plain_ram().unwrap();
+        view.as_slice::<T>()
+            .unwrap()
+            .iter()
+            .map(|&v| v.into())
+            .collect()
+    }
+
+    /// Rewrite `reference` (after tract's declutter when `declutter`), check the quantised
+    /// node is gone, and compare outputs: `tolerance` for tract's own requantisation rounding.
+    fn check<T: Datum + Copy + Into<i64>>(
+        mut reference: TypedModel,
+        shape: &[usize],
+        declutter: bool,
+        tolerance: i64,
+    ) {
+        if declutter {
+            reference.declutter().unwrap();
+            assert!(reference.nodes().iter().any(|n| n.op_is::<EinSum>()));
+        }
+        let (rewritten, report) = apply(reference.clone(), &Rewrites::all()).unwrap();
+        if !kernel::available() {
+            assert_eq!(report.count(Rewrite::Int8Conv), 0, "fired without AVX2");
+            return;
+        }
+        assert_eq!(
+            report.count(Rewrite::Int8Conv),
+            1,
+            "{shape:?} not rewritten"
+        );
+        assert!(!rewritten
+            .nodes()
+            .iter()
+            .any(|n| n.op_is::<Conv>() || n.op_is::<EinSum>()));
+        let want = run::<T>(reference, shape);
+        let got = run::<T>(rewritten, shape);
+        assert_eq!(want.len(), got.len());
+        let worst = want
+            .iter()
+            .zip(&got)
+            .map(|(a, b)| (a - b).abs())
+            .max()
+            .unwrap();
+        assert!(worst <= tolerance, "{shape:?}: off by {worst}");
+        let spread = want.iter().filter(|&&v| v != want[0]).count();
+        assert!(spread > want.len() / 2, "degenerate reference");
+    }
+
+    #[test]
+    fn matches_tract_qlinear_conv() {
+        // tract requantises through its own fixed-point path: allow it one step.
+        check::<u8>(
+            qconv(&[1, 5, 11, 9], 6, 3, 1, 1, 64),
+            &[1, 5, 11, 9],
+            false,
+            1,
+        );
+        check::<u8>(
+            qconv(&[2, 3, 20, 18], 8, 7, 2, 3, 64),
+            &[2, 3, 20, 18],
+            false,
+            1,
+        );
+        check::<u8>(
+            qconv(&[1, 8, 7, 7], 4, 1, 2, 0, 64),
+            &[1, 8, 7, 7],
+            false,
+            1,
+        );
+        check::<u8>(
+            qconv(&[12, 10, 10], 5, 3, 2, 1, 64),
+            &[12, 10, 10],
+            false,
+            1,
+        );
+        // 1x1 stride-1 convs, which tract's declutter turns into EinSum.
+        check::<u8>(
+            qconv(&[1, 16, 6, 6], 9, 1, 1, 0, 64),
+            &[1, 16, 6, 6],
+            true,
+            1,
+        );
+        check::<u8>(qconv(&[20, 5, 3], 7, 1, 1, 0, 64), &[20, 5, 3], true, 1);
+    }
+
+    /// A classifier head as tract imports `MatMulInteger`: `[1, K, 1, 1] x [K, N]` to i32.
+    fn head(k: usize, n: usize) -> TypedModel {
+        let mut model = TypedModel::default();
+        let x = model.add_source("x", u8::fact([1, k, 1, 1])).unwrap();
+        let w: Vec<i8> = bytes(k * n, 9)
+            .iter()
+            .map(|&b| (b as i32 % 129 - 64) as i8)
+            .collect();
+        let mut inputs = vec![x];
+        for (name, t) in [
+            ("w", Tensor::from_shape(&[k, n], &w).unwrap()),
+            ("b", tensor0(0i32)),
+            ("x0", tensor0(3u8)),
+            ("xs", tensor0(1f32)),
+            ("k0", tensor1(&vec![0i8; n])),
+            ("ks", tensor0(1f32)),
+            ("y0", tensor0(0i32)),
+            ("ys", tensor0(1f32)),
+        ] {
+            inputs.push(model.add_const(name, t).unwrap());
+        }
+        let op = EinSum {
+            axes: "mkba,kn,,,,n,,,->mn".parse().unwrap(),
+            operating_dt: i32::datum_type(),
+            q_params: Some(i32::datum_type()),
+        };
+        let y = model.wire_node("fc", op, &inputs).unwrap()[0];
+        model.select_output_outlets(&[y]).unwrap();
+        model
+    }
+
+    #[test]
+    fn matches_tract_matmul_integer_head() {
+        check::<i32>(head(40, 13), &[1, 40, 1, 1], false, 0);
+    }
+
+    #[test]
+    fn leaves_weights_that_could_saturate_to_tract() {
+        let model = qconv(&[1, 4, 6, 6], 4, 3, 1, 1, 127);
+        let (_, report) = apply(model, &Rewrites::all()).unwrap();
+        assert_eq!(report.count(Rewrite::Int8Conv), 0);
+    }
+}
