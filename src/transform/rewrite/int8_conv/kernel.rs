@@ -61,16 +61,43 @@ impl Geometry {
         self.chw.0 * self.chw.1 * self.chw.2
     }
 
-    /// 1x1, stride 1, no padding: the input planes are the im2col rows.
-    fn pointwise(&self) -> bool {
-        self.kernel == (1, 1) && self.stride == (1, 1) && self.pad == (0, 0)
+    /// Where the microkernel's rows come from (see [`Rows`]).
+    fn rows(&self) -> Rows {
+        if self.kernel == (1, 1) && self.stride == (1, 1) && self.pad == (0, 0) {
+            Rows::Pointwise
+        } else {
+            let ((kh, kw), (sy, sx)) = (self.kernel, self.stride);
+            Rows::Phased {
+                phases: (sy.min(kh), sx.min(kw)),
+                hq: self.out.0 + (kh - 1) / sy,
+                wq: self.out.1 + (kw - 1) / sx,
+            }
+        }
+    }
+
+    /// Positions the microkernel runs over: the outputs, or for [`Rows::Phased`] every column
+    /// of the phase planes' width up to the last output (the extra ones are computed and
+    /// dropped).
+    pub fn virtual_positions(&self) -> usize {
+        match self.rows() {
+            Rows::Phased { wq, .. } => (self.out.0 - 1) * wq + self.out.1,
+            Rows::Pointwise => self.positions(),
+        }
+    }
+
+    /// Bytes per image of the input as the tasks read it ([`prepare`]).
+    pub fn prepared_len(&self) -> usize {
+        match self.rows() {
+            Rows::Phased { phases, hq, wq } => self.chw.0 * phases.0 * phases.1 * hq * wq,
+            Rows::Pointwise => self.input_len(),
+        }
     }
 
     /// Positions per chunk: a multiple of [`NR`] whose im2col rows and packed copy fit
     /// [`CHUNK_BYTES`].
     fn chunk(&self) -> usize {
         let per_position = 2 * self.quads() * KQ;
-        let all = self.positions().div_ceil(NR) * NR;
+        let all = self.virtual_positions().div_ceil(NR) * NR;
         // Small maps with deep kernels (ResNet's last stage): one chunk, so the weights stream
         // past once rather than once per chunk; the threads split the channels instead.
         if all * per_position <= 4 * CHUNK_BYTES {
@@ -79,6 +106,95 @@ impl Geometry {
         let fit = (CHUNK_BYTES / per_position.max(1)) / NR * NR;
         fit.clamp(NR, 32 * NR).min(all)
     }
+}
+
+/// How the im2col rows of a convolution are read.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Rows {
+    /// 1x1, stride 1, unpadded: the input planes are the rows.
+    Pointwise,
+    /// Anything else: the padded input split once into `phases` (stride phases in y and x,
+    /// as many as the kernel uses) of `hq x wq`, the zero point where the padding is. Phase
+    /// `(ky % sy, kx % sx)` read from offset `(ky / sy) * wq + kx / sx` over positions
+    /// `oy * wq + ox` is tap `(ky, kx)`'s im2col row: a slice, not a copy.
+    Phased {
+        phases: (usize, usize),
+        hq: usize,
+        wq: usize,
+    },
+}
+
+/// The input as the tasks read it: the phase planes of every image for [`Rows::Phased`]
+/// geometries (built once per run, shared by the tasks), else `x` itself.
+pub fn prepare<'a>(geo: &Geometry, x: &'a [u8], x_zero: u8) -> std::borrow::Cow<'a, [u8]> {
+    let Rows::Phased { phases, hq, wq } = geo.rows() else {
+        return std::borrow::Cow::Borrowed(x);
+    };
+    let (_, h, w) = geo.chw;
+    let ((sy, sx), (pt, pl)) = (geo.stride, geo.pad);
+    let plane = hq * wq;
+    let mut out = vec![x_zero; x.len() / (h * w).max(1) * phases.0 * phases.1 * plane];
+    let mut planes = out.chunks_exact_mut(plane);
+    for src in x.chunks_exact(h * w) {
+        for py in 0..phases.0 {
+            for px in 0..phases.1 {
+                let Some(dst) = planes.next() else {
+                    break;
+                };
+                // Column j reads input column j * sx + px - pl, where that is inside the row.
+                let first = pl.saturating_sub(px).div_ceil(sx);
+                let end = (w + pl).saturating_sub(px).div_ceil(sx).min(wq);
+                if first >= end {
+                    continue;
+                }
+                let start = first * sx + px - pl;
+                for (i, row) in dst.chunks_exact_mut(wq).enumerate() {
+                    let iy = (i * sy + py) as isize - pt as isize;
+                    if iy < 0 || iy >= h as isize {
+                        continue;
+                    }
+                    let src = &src[iy as usize * w..][..w];
+                    let cols = &mut row[first..end];
+                    if sx == 1 {
+                        cols.copy_from_slice(&src[start..start + cols.len()]);
+                    } else {
+                        for (d, s) in cols.iter_mut().zip(src[start..].iter().step_by(sx)) {
+                            *d = *s;
+                        }
+                    }
+                }
+            }
+        }
+    }
+    std::borrow::Cow::Owned(out)
+}
+
+/// The outputs of positions `p0..p0 + n` (virtual ones for [`Rows::Phased`]) as runs
+/// `(offset in the block, output position, length)`; returns how many.
+fn output_runs(
+    geo: &Geometry,
+    p0: usize,
+    n: usize,
+    runs: &mut [(usize, usize, usize); NR],
+) -> usize {
+    let Rows::Phased { wq: wp, .. } = geo.rows() else {
+        runs[0] = (0, p0, n);
+        return 1;
+    };
+    let ow = geo.out.1;
+    let (mut j, mut count) = (0, 0);
+    while j < n {
+        let (oy, ox) = ((p0 + j) / wp, (p0 + j) % wp);
+        if ox >= ow {
+            j += wp - ox;
+            continue;
+        }
+        let run = (ow - ox).min(n - j);
+        runs[count] = (j, oy * ow + ox, run);
+        count += 1;
+        j += run;
+    }
+    count
 }
 
 /// Packed weights and the per-channel constants of the requantisation.
@@ -91,7 +207,7 @@ pub struct Weights {
     packed: Vec<i8>,
     /// `bias[m] - x_zero * sum_k w[m][k]`: the zero point folded out of the accumulator.
     offset: Vec<i32>,
-    x_zero: u8,
+    pub x_zero: u8,
     /// u8 outputs; i32 accumulators (`MatMulInteger`) without.
     pub requant: Option<Requant>,
 }
@@ -199,7 +315,7 @@ pub struct Task {
 /// and when those are too few to share out evenly, channel ranges too (channel-major, so
 /// contiguous runs of tasks split the channels).
 pub fn tasks(geo: &Geometry, m: usize, images: usize, threads: usize) -> Vec<Task> {
-    let p = geo.positions();
+    let p = geo.virtual_positions();
     let threads = threads.max(1);
     let groups = m.div_ceil(MR);
     let mut chunk = geo.chunk();
@@ -236,7 +352,7 @@ pub fn tasks(geo: &Geometry, m: usize, images: usize, threads: usize) -> Vec<Tas
 thread_local! {
     /// im2col rows and packed activations, reused across runs (a fresh allocation of this size
     /// would be mapped and faulted in on every call).
-    static SCRATCH: RefCell<(Vec<u8>, Vec<u8>)> = const { RefCell::new((Vec::new(), Vec::new())) };
+    static SCRATCH: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
 }
 
 /// Output pointer shared by the tasks, each writing its own channels x positions.
@@ -246,7 +362,8 @@ pub struct OutPtr(pub *mut u8);
 unsafe impl Send for OutPtr {}
 unsafe impl Sync for OutPtr {}
 
-/// Run one task: `x` is the whole input batch, `out` the whole output batch
+/// Run one task: `x` is the whole input batch as [`prepare`] returned it, `out` the whole
+/// output batch
 /// (`[images, m, positions]` of u8, or of i32 without requantisation; `out_len` elements).
 ///
 /// # Safety
@@ -261,7 +378,7 @@ pub unsafe fn run_task(
     task: &Task,
     fast: bool,
 ) {
-    let image = &x[task.image * geo.input_len()..(task.image + 1) * geo.input_len()];
+    let image = &x[task.image * geo.prepared_len()..(task.image + 1) * geo.prepared_len()];
     let p = geo.positions();
     let base = task.image * w.m * p;
     debug_assert!(base + w.m * p <= out_len);
@@ -270,18 +387,26 @@ pub unsafe fn run_task(
     let quads = geo.quads();
     SCRATCH.with(|scratch| {
         let mut scratch = scratch.borrow_mut();
-        let (cols, packed) = &mut *scratch;
+        let packed = &mut *scratch;
         packed.resize(blocks * quads * NR * KQ, 0);
-        if geo.pointwise() {
-            let start = task.positions.start;
-            let row = |k: usize| Some(&image[k * p + start..k * p + start + len]);
-            pack(row, quads, geo.depth(), len, w.x_zero, packed);
-        } else {
-            cols.resize(geo.depth() * len, 0);
-            im2col(geo, image, task.positions.clone(), w.x_zero, cols);
-            let row = |k: usize| Some(&cols[k * len..(k + 1) * len]);
-            pack(row, quads, geo.depth(), len, w.x_zero, packed);
+        let start = task.positions.start;
+        match geo.rows() {
+            Rows::Pointwise => {
+                let row = |k: usize| Some(&image[k * p + start..k * p + start + len]);
+                pack(row, quads, geo.depth(), len, w.x_zero, packed);
+            }
+            Rows::Phased { phases, hq, wq } => {
+                let ((kh, kw), (sy, sx)) = (geo.kernel, geo.stride);
+                let row = |k: usize| {
+                    let (c, ky, kx) = (k / (kh * kw), k / kw % kh, k % kw);
+                    let plane = (c * phases.0 + ky % sy) * phases.1 + kx % sx;
+                    let at = plane * hq * wq + (ky / sy) * wq + kx / sx + start;
+                    Some(&image[at..at + len])
+                };
+                pack(row, quads, geo.depth(), len, w.x_zero, packed);
+            }
         }
+        let mut runs = [(0, 0, 0); NR];
         let mut acc = [[0i32; NR]; MR];
         let mut bytes = [[0u8; NR]; MR];
         for g in task.groups.clone() {
@@ -301,17 +426,21 @@ pub unsafe fn run_task(
                     }
                     None => microkernel(xb, wg, quads, &mut acc, fast),
                 }
+                let count = output_runs(geo, p0, n, &mut runs);
                 for (r, ch) in channels.enumerate() {
-                    let at = base + ch * p + p0;
-                    debug_assert!(at + n <= out_len);
-                    // SAFETY: in bounds (above), and this task's channels x positions only.
-                    unsafe {
-                        if w.requant.is_some() {
-                            std::ptr::copy_nonoverlapping(bytes[r].as_ptr(), out.0.add(at), n);
-                        } else {
-                            let out = (out.0 as *mut i32).add(at);
-                            for (j, &a) in acc[r][..n].iter().enumerate() {
-                                out.add(j).write_unaligned(a + w.offset[ch]);
+                    for &(j, pos, run) in &runs[..count] {
+                        let at = base + ch * p + pos;
+                        debug_assert!(pos + run <= p && at + run <= out_len);
+                        // SAFETY: in bounds (above), and this task's channels x positions only.
+                        unsafe {
+                            if w.requant.is_some() {
+                                let src = bytes[r][j..].as_ptr();
+                                std::ptr::copy_nonoverlapping(src, out.0.add(at), run);
+                            } else {
+                                let out = (out.0 as *mut i32).add(at);
+                                for (i, &a) in acc[r][j..j + run].iter().enumerate() {
+                                    out.add(i).write_unaligned(a + w.offset[ch]);
+                                }
                             }
                         }
                     }
@@ -319,69 +448,6 @@ pub unsafe fn run_task(
             }
         }
     });
-}
-
-/// im2col rows for `positions`: `cols[k][j]` is the input under tap `k` (channel, ky, kx) at
-/// output position `positions.start + j`, or `zero` in the padding.
-fn im2col(geo: &Geometry, image: &[u8], positions: Range<usize>, zero: u8, cols: &mut [u8]) {
-    let (_, h, w) = geo.chw;
-    let (kh, kw) = geo.kernel;
-    let (sh, sw) = geo.stride;
-    let (pt, pl) = geo.pad;
-    let ow = geo.out.1;
-    let len = positions.len();
-    for (k, row) in cols.chunks_exact_mut(len).enumerate() {
-        let (c, ky, kx) = (k / (kh * kw), k / kw % kh, k % kw);
-        let plane = &image[c * h * w..(c + 1) * h * w];
-        let mut j = 0;
-        while j < len {
-            let pos = positions.start + j;
-            let (oy, ox0) = (pos / ow, pos % ow);
-            let run = (ow - ox0).min(len - j);
-            let dst = &mut row[j..j + run];
-            let iy = (oy * sh + ky) as isize - pt as isize;
-            if iy < 0 || iy >= h as isize {
-                dst.fill(zero);
-            } else {
-                let src = &plane[iy as usize * w..(iy as usize + 1) * w];
-                // Output columns whose input column `ox * sw + kx - pl` is inside the row.
-                let first = pl.saturating_sub(kx).div_ceil(sw);
-                let end = (w + pl).saturating_sub(kx).div_ceil(sw);
-                let (a, b) = (first.clamp(ox0, ox0 + run), end.clamp(ox0, ox0 + run));
-                let b = b.max(a);
-                dst[..a - ox0].fill(zero);
-                dst[b - ox0..].fill(zero);
-                let inside = &mut dst[a - ox0..b - ox0];
-                let start = (a * sw + kx).saturating_sub(pl);
-                if inside.is_empty() {
-                } else if sw == 1 {
-                    inside.copy_from_slice(&src[start..start + inside.len()]);
-                } else {
-                    gather_strided(&src[start..], sw, inside);
-                }
-            }
-            j += run;
-        }
-    }
-}
-
-/// `dst[i] = src[i * stride]`; stride 2 (the stem, downsampling convs) sixteen at a time.
-fn gather_strided(src: &[u8], stride: usize, dst: &mut [u8]) {
-    let mut done = 0;
-    #[cfg(target_arch = "x86_64")]
-    if stride == 2 {
-        // Full 32-byte loads only: the last one must end inside `src`.
-        while done + NR <= dst.len() && 2 * done + 2 * NR <= src.len() {
-            sse2::even_bytes(&src[2 * done..2 * done + 2 * NR], &mut dst[done..done + NR]);
-            done += NR;
-        }
-    }
-    for (d, s) in dst[done..]
-        .iter_mut()
-        .zip(src[done * stride..].iter().step_by(stride))
-    {
-        *d = *s;
-    }
 }
 
 /// Interleave im2col rows into the microkernel's layout: per block of [`NR`] positions and per
@@ -492,21 +558,6 @@ fn requantised(
 mod sse2 {
     use super::{KQ, NR};
     use std::arch::x86_64::*;
-
-    /// `dst[j] = src[2 * j]` for 16 bytes.
-    pub fn even_bytes(src: &[u8], dst: &mut [u8]) {
-        assert!(src.len() >= 2 * NR && dst.len() >= NR);
-        // SAFETY: SSE2 is part of x86_64; lengths checked above.
-        unsafe {
-            let mask = _mm_set1_epi16(0x00ff);
-            let lo = _mm_and_si128(_mm_loadu_si128(src.as_ptr() as *const __m128i), mask);
-            let hi = _mm_and_si128(
-                _mm_loadu_si128(src.as_ptr().add(16) as *const __m128i),
-                mask,
-            );
-            _mm_storeu_si128(dst.as_mut_ptr() as *mut __m128i, _mm_packus_epi16(lo, hi));
-        }
-    }
 
     /// `dst[j * 4 + i] = src[i][j]`: four rows of 16 bytes to 16 positions of 4 bytes.
     pub fn interleave(src: [&[u8]; KQ], dst: &mut [u8]) {
@@ -678,19 +729,20 @@ mod tests {
         };
         let weights = Weights::new(&w, m, depth, &q).expect("no saturating pairs");
         let want = reference(&geo, &x, &w, &q);
+        let xp = prepare(&geo, &x, q.x_zero);
         for threads in [1, 3] {
             let got: Vec<i64> = if requantised {
                 let mut got = vec![0u8; want.len()];
                 for task in tasks(&geo, m, 1, threads) {
                     let ptr = OutPtr(got.as_mut_ptr());
-                    unsafe { run_task(&geo, &weights, &x, ptr, want.len(), &task, fast) };
+                    unsafe { run_task(&geo, &weights, &xp, ptr, want.len(), &task, fast) };
                 }
                 got.into_iter().map(i64::from).collect()
             } else {
                 let mut got = vec![0i32; want.len()];
                 for task in tasks(&geo, m, 1, threads) {
                     let ptr = OutPtr(got.as_mut_ptr() as *mut u8);
-                    unsafe { run_task(&geo, &weights, &x, ptr, want.len(), &task, fast) };
+                    unsafe { run_task(&geo, &weights, &xp, ptr, want.len(), &task, fast) };
                 }
                 got.into_iter().map(i64::from).collect()
             };
@@ -719,6 +771,17 @@ mod tests {
                     out: (9, 7),
                 },
                 6,
+            ),
+            // 3x3 unpadded ("valid"): the padded planes are the input itself.
+            (
+                Geometry {
+                    chw: (4, 8, 8),
+                    kernel: (3, 3),
+                    stride: (1, 1),
+                    pad: (0, 0),
+                    out: (6, 6),
+                },
+                5,
             ),
             // The stem's shape, smaller: 7x7 stride 2 pad 3.
             (

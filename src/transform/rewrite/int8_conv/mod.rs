@@ -13,6 +13,7 @@ use tract_core::internal::*;
 use tract_core::ops::cnn::{Conv, KernelFormat};
 use tract_core::ops::einsum::EinSum;
 use tract_core::ops::nn::DataFormat;
+use tract_core::ops::Downsample;
 
 use kernel::{Geometry, OutPtr, QParams, Weights};
 
@@ -94,6 +95,7 @@ impl EvalOp for Int8Conv {
             let ptr = OutPtr(view.as_bytes_mut().as_mut_ptr());
             let tasks = kernel::tasks(g, self.weights.m, images, tract_threads());
             let fast = kernel::available();
+            let x = &*kernel::prepare(g, x, self.weights.x_zero);
             on_tract_threads_in_runs(tasks, |run| {
                 for task in &run {
                     // SAFETY: `out` holds `len` elements of the output type and outlives the
@@ -145,6 +147,8 @@ struct Shape {
     geometry: Geometry,
     weights: Vec<i8>,
     m: usize,
+    /// The tensor the op reads: the node's input, or what strided `Downsample`s before it read.
+    input: OutletId,
 }
 
 /// tract's quantised `Conv` (its form of `QLinearConv`): ungrouped, undilated 2D, OIHW
@@ -184,6 +188,7 @@ fn conv_shape(model: &TypedModel, node: &TypedNode, conv: &Conv) -> TractResult<
         },
         weights,
         m: spec.output_channels,
+        input: node.inputs[0],
     }))
 }
 
@@ -234,17 +239,51 @@ fn einsum_shape(model: &TypedModel, node: &TypedNode, op: &EinSum) -> TractResul
             .map(|i| weights[(i % depth) * m + i / depth])
             .collect();
     }
+    let (input, stride, (h_in, w_in)) = if transposed {
+        (node.inputs[0], (1, 1), (h, wd))
+    } else {
+        downsampled(model, node.inputs[0], x.len())
+    };
     Ok(Some(Shape {
         geometry: Geometry {
-            chw: (c, h, wd),
+            chw: (c, h_in, w_in),
             kernel: (1, 1),
-            stride: (1, 1),
+            stride,
             pad: (0, 0),
             out: (h, wd),
         },
         weights,
         m,
+        input,
     }))
+}
+
+/// A 1x1 stride-2 conv reaches the decluttered graph as `Downsample`s of its input's H and W
+/// axes (of a rank-`rank` NCHW or CHW tensor) and the `EinSum`: the tensor before them, the
+/// strides they take (y, x), and its H and W. `outlet` itself, stride 1, without them.
+fn downsampled(
+    model: &TypedModel,
+    mut outlet: OutletId,
+    rank: usize,
+) -> (OutletId, (usize, usize), (usize, usize)) {
+    let mut stride = [1usize, 1];
+    while let Some(op) = model.node(outlet.node).op_as::<Downsample>() {
+        let axis = op.axis + 2;
+        let Some(slot) = axis.checked_sub(rank).filter(|&s| s < 2) else {
+            break;
+        };
+        if op.modulo != 0 || op.stride < 1 || stride[slot] != 1 {
+            break;
+        }
+        stride[slot] = op.stride as usize;
+        outlet = model.node(outlet.node).inputs[0];
+    }
+    let hw = model
+        .outlet_fact(outlet)
+        .ok()
+        .and_then(|f| f.shape.as_concrete().map(|s| (s[rank - 2], s[rank - 1])))
+        .unwrap_or((0, 0));
+    (outlet, (stride[0], stride[1]), hw)
 }
 
 /// The rule, rooted at a quantised `Conv` or `EinSum` with the nine inputs of `QLinearConv`
@@ -266,19 +305,22 @@ pub fn rewrite(model: &TypedModel, node: &TypedNode) -> TractResult<Option<Typed
         geometry,
         weights,
         m,
+        input,
     }) = shape
     else {
         return Ok(None);
     };
     let facts = model.node_input_facts(node.id)?;
     let output = model.outlet_fact(node.id.into())?;
+    let input_fact = model.outlet_fact(input)?;
     let (Some(input_shape), Some(output_shape)) =
-        (facts[0].shape.as_concrete(), output.shape.as_concrete())
+        (input_fact.shape.as_concrete(), output.shape.as_concrete())
     else {
         return Ok(None);
     };
     let requantised = output.datum_type == u8::datum_type();
-    if facts[0].datum_type != u8::datum_type()
+    if input_fact.datum_type != u8::datum_type()
+        || input_shape.iter().product::<usize>() % geometry.input_len().max(1) != 0
         || !(requantised || output.datum_type == i32::datum_type())
         || output_shape.iter().product::<usize>()
             != input_shape.iter().product::<usize>() / geometry.input_len()
@@ -341,7 +383,7 @@ pub fn rewrite(model: &TypedModel, node: &TypedNode) -> TractResult<Option<Typed
         parameters: weights.len() + if bias_given > 1 { bias_given } else { 0 },
     };
     let mut patch = TypedModelPatch::default();
-    let x = patch.tap_model(model, node.inputs[0])?;
+    let x = patch.tap_model(model, input)?;
     let y = patch.wire_node(&node.name, op, &[x])?[0];
     patch.shunt_outside(model, node.id.into(), y)?;
     Ok(Some(patch))
@@ -460,7 +502,7 @@ mod tests {
         assert!(!rewritten
             .nodes()
             .iter()
-            .any(|n| n.op_is::<Conv>() || n.op_is::<EinSum>()));
+            .any(|n| n.op_is::<Conv>() || n.op_is::<EinSum>() || n.op_is::<Downsample>()));
         let want = run::<T>(reference, shape);
         let got = run::<T>(rewritten, shape);
         assert_eq!(want.len(), got.len());
@@ -510,6 +552,9 @@ mod tests {
             1,
         );
         check::<u8>(qconv(&[20, 5, 3], 7, 1, 1, 0, 64), &[20, 5, 3], true, 1);
+        // 1x1 stride 2, which it turns into two Downsamples and an EinSum (all absorbed).
+        check::<u8>(qconv(&[1, 8, 7, 7], 4, 1, 2, 0, 64), &[1, 8, 7, 7], true, 1);
+        check::<u8>(qconv(&[8, 9, 6], 4, 1, 2, 0, 64), &[8, 9, 6], true, 1);
     }
 
     /// A classifier head as tract imports `MatMulInteger`: `[1, K, 1, 1] x [K, N]` to i32.
