@@ -167,8 +167,10 @@ impl EvalOp for Int8ResidualAdd {
             a.shape(),
             b.shape()
         );
-        let mut q = Tensor::zero::<u8>(a.shape())?;
-        let mut s = Tensor::zero::<f32>(if self.float_output { a.shape() } else { &[0] })?;
+        // SAFETY: plain numbers, and the pieces below write every element of both.
+        let mut q = unsafe { Tensor::uninitialized::<u8>(a.shape())? };
+        let s_shape = if self.float_output { a.shape() } else { &[0] };
+        let mut s = unsafe { Tensor::uninitialized::<f32>(s_shape)? };
         {
             let (a, b) = (a.try_as_plain_ram()?, b.try_as_plain_ram()?);
             let a = a.as_slice::<u8>()?;

@@ -15,6 +15,8 @@
 use std::cell::RefCell;
 use std::ops::Range;
 
+use crate::transform::rewrite::on_tract_threads;
+
 /// Output channels per microkernel call (the broadcast side).
 pub const MR: usize = 4;
 /// Positions per microkernel call: two vectors of eight i32 lanes.
@@ -125,7 +127,8 @@ enum Rows {
 }
 
 /// The input as the tasks read it: the phase planes of every image for [`Rows::Phased`]
-/// geometries (built once per run, shared by the tasks), else `x` itself.
+/// geometries (built once per run, shared by the tasks, the planes split over the plan's
+/// threads), else `x` itself.
 pub fn prepare<'a>(geo: &Geometry, x: &'a [u8], x_zero: u8) -> std::borrow::Cow<'a, [u8]> {
     let Rows::Phased { phases, hq, wq } = geo.rows() else {
         return std::borrow::Cow::Borrowed(x);
@@ -133,39 +136,38 @@ pub fn prepare<'a>(geo: &Geometry, x: &'a [u8], x_zero: u8) -> std::borrow::Cow<
     let (_, h, w) = geo.chw;
     let ((sy, sx), (pt, pl)) = (geo.stride, geo.pad);
     let plane = hq * wq;
-    let mut out = vec![x_zero; x.len() / (h * w).max(1) * phases.0 * phases.1 * plane];
-    let mut planes = out.chunks_exact_mut(plane);
-    for src in x.chunks_exact(h * w) {
-        for py in 0..phases.0 {
-            for px in 0..phases.1 {
-                let Some(dst) = planes.next() else {
-                    break;
-                };
-                // Column j reads input column j * sx + px - pl, where that is inside the row.
-                let first = pl.saturating_sub(px).div_ceil(sx);
-                let end = (w + pl).saturating_sub(px).div_ceil(sx).min(wq);
-                if first >= end {
-                    continue;
-                }
-                let start = first * sx + px - pl;
-                for (i, row) in dst.chunks_exact_mut(wq).enumerate() {
-                    let iy = (i * sy + py) as isize - pt as isize;
-                    if iy < 0 || iy >= h as isize {
-                        continue;
-                    }
-                    let src = &src[iy as usize * w..][..w];
-                    let cols = &mut row[first..end];
-                    if sx == 1 {
-                        cols.copy_from_slice(&src[start..start + cols.len()]);
-                    } else {
-                        for (d, s) in cols.iter_mut().zip(src[start..].iter().step_by(sx)) {
-                            *d = *s;
-                        }
-                    }
+    let per_input_plane = phases.0 * phases.1;
+    let mut out = vec![x_zero; x.len() / (h * w).max(1) * per_input_plane * plane];
+    let planes: Vec<(usize, &mut [u8])> = out.chunks_exact_mut(plane).enumerate().collect();
+    on_tract_threads(planes, |(index, dst): (usize, &mut [u8])| {
+        let (input_plane, phase) = (index / per_input_plane, index % per_input_plane);
+        let (py, px) = (phase / phases.1, phase % phases.1);
+        let Some(src) = x.get(input_plane * h * w..(input_plane + 1) * h * w) else {
+            return;
+        };
+        // Column j reads input column j * sx + px - pl, where that is inside the row.
+        let first = pl.saturating_sub(px).div_ceil(sx);
+        let end = (w + pl).saturating_sub(px).div_ceil(sx).min(wq);
+        if first >= end {
+            return;
+        }
+        let start = first * sx + px - pl;
+        for (i, row) in dst.chunks_exact_mut(wq).enumerate() {
+            let iy = (i * sy + py) as isize - pt as isize;
+            if iy < 0 || iy >= h as isize {
+                continue;
+            }
+            let src = &src[iy as usize * w..][..w];
+            let cols = &mut row[first..end];
+            if sx == 1 {
+                cols.copy_from_slice(&src[start..start + cols.len()]);
+            } else {
+                for (d, s) in cols.iter_mut().zip(src[start..].iter().step_by(sx)) {
+                    *d = *s;
                 }
             }
         }
-    }
+    });
     std::borrow::Cow::Owned(out)
 }
 
