@@ -284,6 +284,20 @@ pub(crate) fn wire_relu(model: &mut TypedModel, x: OutletId) -> OutletId {
         .unwrap()[0]
 }
 
+/// A fixed pseudo-random byte sequence (xorshift32), for the int8 rules' unit tests.
+#[cfg(test)]
+pub(crate) fn test_bytes(len: usize, seed: u32) -> Vec<u8> {
+    let mut s = seed.max(1);
+    (0..len)
+        .map(|_| {
+            s ^= s << 13;
+            s ^= s >> 17;
+            s ^= s << 5;
+            s as u8
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

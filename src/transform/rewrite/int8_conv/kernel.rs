@@ -661,6 +661,7 @@ mod avx2 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::transform::rewrite::test_bytes as bytes;
 
     /// The convolution straight from its definition, in i64.
     fn reference(geo: &Geometry, x: &[u8], w: &[i8], q: &QParams) -> Vec<i64> {
@@ -701,18 +702,6 @@ mod tests {
             }
         }
         out
-    }
-
-    fn bytes(len: usize, seed: u32) -> Vec<u8> {
-        let mut s = seed.max(1);
-        (0..len)
-            .map(|_| {
-                s ^= s << 13;
-                s ^= s >> 17;
-                s ^= s << 5;
-                s as u8
-            })
-            .collect()
     }
 
     fn check(geo: Geometry, m: usize, requantised: bool, fast: bool) {

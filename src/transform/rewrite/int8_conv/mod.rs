@@ -394,20 +394,8 @@ pub fn rewrite(model: &TypedModel, node: &TypedNode) -> TractResult<Option<Typed
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::transform::rewrite::{apply, Rewrite, Rewrites};
+    use crate::transform::rewrite::{apply, test_bytes as bytes, Rewrite, Rewrites};
     use tract_core::ops::cnn::{PaddingSpec, PoolSpec};
-
-    fn bytes(len: usize, seed: u32) -> Vec<u8> {
-        let mut s = seed.max(1);
-        (0..len)
-            .map(|_| {
-                s ^= s << 13;
-                s ^= s >> 17;
-                s ^= s << 5;
-                s as u8
-            })
-            .collect()
-    }
 
     /// A `QLinearConv` as tract's ONNX import declutters it: the reference.
     fn qconv(
