@@ -27,7 +27,7 @@ use crate::transform::fold_batchnorm::node_label;
 /// summed to i16) cannot saturate: `255 * (64 + 64) <= 32767`. onnxruntime's `reduce_range`
 /// makes the same trade for the same instruction; its accuracy cost is in the README's tables,
 /// and without it the [`crate::transform::rewrite::int8_conv`] kernel cannot take the convs.
-pub const W_MAX: f32 = 64.0;
+const W_MAX: f32 = 64.0;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum QKind {

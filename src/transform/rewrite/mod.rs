@@ -2,9 +2,10 @@
 //! it, each replacing a pattern tract runs slowly with ops of ours.
 //!
 //! Every rule bails early (returns `None`) unless its whole pattern matches, so a graph that
-//! is not a ResNet, or not in the rule's precision, passes through unchanged. Each can be switched off to measure
-//! what it buys: `--no-rewrite NAME` on the CLI, `RESNET_EDGE_NO_REWRITE=NAME,...|all` anywhere
-//! (the library reads it at every load, so the test suite runs with rewrites on and off).
+//! is not a ResNet, or not in the rule's precision, passes through unchanged. Each can be
+//! switched off to measure what it buys: `--no-rewrite NAME` on the CLI,
+//! `RESNET_EDGE_NO_REWRITE=NAME,...|all` anywhere (the library reads it at every load, so the
+//! test suite runs with rewrites on and off).
 
 pub mod int8_conv;
 pub mod int8_residual;

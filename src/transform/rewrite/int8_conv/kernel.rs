@@ -1,5 +1,6 @@
-//! The u8 x i8 convolution behind [`super::Int8Conv`]: im2col into position chunks that fit
-//! L2, a 4-channel x 16-position microkernel, requantisation to u8 in its epilogue.
+//! The u8 x i8 convolution behind [`super::Int8Conv`]: im2col rows read as slices of the
+//! input's phase planes ([`Rows`], nothing copied per tap), packed per chunk of positions
+//! that fits L2, a 4-channel x 16-position microkernel, requantisation to u8 in its epilogue.
 //!
 //! The AVX2 microkernel multiplies with `vpmaddubsw` (u8 x i8, pairs summed to i16) and
 //! `vpmaddwd` by ones (pairs of those to i32): 32 multiply-accumulates per two instructions,
@@ -23,8 +24,8 @@ pub const MR: usize = 4;
 pub const NR: usize = 16;
 /// k values per i32 lane: the depth `vpmaddubsw` + `vpmaddwd` reduce in one step.
 const KQ: usize = 4;
-/// Bytes of im2col + packed activations a chunk may take: about half of a 512 KB L2
-/// (Zen 3, Cortex-A76), leaving room for the weights streamed past it.
+/// Bytes of packed activations, and of the rows they are packed from, a chunk may take:
+/// about half of a 512 KB L2 (Zen 3, Cortex-A76), leaving room for the weights streamed past.
 const CHUNK_BYTES: usize = 192 * 1024;
 /// Largest `|w[2i]| + |w[2i+1]|` for which `255 * sum <= i16::MAX`: no `vpmaddubsw` pair
 /// saturates, whatever the u8 inputs.
@@ -352,7 +353,7 @@ pub fn tasks(geo: &Geometry, m: usize, images: usize, threads: usize) -> Vec<Tas
 }
 
 thread_local! {
-    /// im2col rows and packed activations, reused across runs (a fresh allocation of this size
+    /// Packed activations, reused across runs (a fresh allocation of this size
     /// would be mapped and faulted in on every call).
     static SCRATCH: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
 }
