@@ -239,6 +239,24 @@ pub(crate) fn on_tract_threads_in_runs<T: Send>(items: Vec<T>, f: impl Fn(Vec<T>
     }
 }
 
+/// Whether an optional per-axis list (strides, dilations) is absent or all ones.
+pub(crate) fn all_ones(v: &Option<TVec<usize>>) -> bool {
+    v.as_ref().is_none_or(|v| v.iter().all(|&x| x == 1))
+}
+
+/// The convolutions our conv rules handle: 2D, ungrouped, undilated, OIHW kernel, NCHW or
+/// tract's batch-free CHW.
+pub(crate) fn plain_2d_conv(conv: &tract_core::ops::cnn::Conv) -> bool {
+    use tract_core::ops::cnn::KernelFormat;
+    use tract_core::ops::nn::DataFormat;
+    let spec = &conv.pool_spec;
+    conv.group == 1
+        && conv.kernel_fmt == KernelFormat::OIHW
+        && matches!(spec.data_format, DataFormat::NCHW | DataFormat::CHW)
+        && spec.kernel_shape.len() == 2
+        && all_ones(&spec.dilations)
+}
+
 /// The single successor of `outlet` when it has exactly one and is not a model output: the
 /// condition for absorbing that successor into the op producing `outlet`.
 pub(crate) fn sole_successor(model: &TypedModel, outlet: OutletId) -> Option<&TypedNode> {

@@ -10,14 +10,14 @@
 pub mod kernel;
 
 use tract_core::internal::*;
-use tract_core::ops::cnn::{Conv, KernelFormat};
+use tract_core::ops::cnn::Conv;
 use tract_core::ops::einsum::EinSum;
 use tract_core::ops::nn::DataFormat;
 use tract_core::ops::Downsample;
 
 use kernel::{Geometry, OutPtr, QParams, Weights};
 
-use super::{on_tract_threads_in_runs, tract_threads};
+use super::{on_tract_threads_in_runs, plain_2d_conv, tract_threads};
 
 /// A quantised convolution (or the `MatMulInteger` of a classifier head) with its weights
 /// packed for [`kernel`]: u8 in; u8 out, or i32 accumulators for `MatMulInteger`.
@@ -157,14 +157,7 @@ struct Shape {
 /// weights, NCHW or CHW.
 fn conv_shape(model: &TypedModel, node: &TypedNode, conv: &Conv) -> TractResult<Option<Shape>> {
     let spec = &conv.pool_spec;
-    let ones = |v: &Option<TVec<usize>>| v.as_ref().is_none_or(|v| v.iter().all(|&x| x == 1));
-    if conv.q_params.is_none()
-        || conv.group != 1
-        || conv.kernel_fmt != KernelFormat::OIHW
-        || !matches!(spec.data_format, DataFormat::NCHW | DataFormat::CHW)
-        || spec.kernel_shape.len() != 2
-        || !ones(&spec.dilations)
-    {
+    if conv.q_params.is_none() || !plain_2d_conv(conv) {
         return Ok(None);
     }
     let facts = model.node_input_facts(node.id)?;
@@ -395,7 +388,7 @@ pub fn rewrite(model: &TypedModel, node: &TypedNode) -> TractResult<Option<Typed
 mod tests {
     use super::*;
     use crate::transform::rewrite::{apply, test_bytes as bytes, Rewrite, Rewrites};
-    use tract_core::ops::cnn::{PaddingSpec, PoolSpec};
+    use tract_core::ops::cnn::{KernelFormat, PaddingSpec, PoolSpec};
 
     /// A `QLinearConv` as tract's ONNX import declutters it: the reference.
     fn qconv(

@@ -18,10 +18,12 @@
 //! fires when a map has enough tiles per weight: see [`Tile::for_map`].
 
 use tract_core::internal::*;
-use tract_core::ops::cnn::{Conv, KernelFormat};
+use tract_core::ops::cnn::Conv;
 use tract_core::ops::nn::DataFormat;
 
-use super::{on_tract_threads, on_tract_threads_in_runs, relu_input, sole_successor};
+use super::{
+    all_ones, on_tract_threads, on_tract_threads_in_runs, plain_2d_conv, relu_input, sole_successor,
+};
 
 pub mod matmul;
 pub mod transforms;
@@ -361,14 +363,10 @@ fn match_conv(model: &TypedModel, node: &TypedNode) -> TractResult<Option<Plan3x
         return Ok(None);
     };
     let spec = &conv.pool_spec;
-    let ones = |v: &Option<TVec<usize>>| v.as_ref().is_none_or(|v| v.iter().all(|&x| x == 1));
     if conv.q_params.is_some()
-        || conv.group != 1
-        || conv.kernel_fmt != KernelFormat::OIHW
-        || !matches!(spec.data_format, DataFormat::NCHW | DataFormat::CHW)
+        || !plain_2d_conv(conv)
         || *spec.kernel_shape != [3, 3]
-        || !ones(&spec.strides)
-        || !ones(&spec.dilations)
+        || !all_ones(&spec.strides)
         || node.inputs.len() != 3
     {
         return Ok(None);
@@ -477,7 +475,7 @@ pub fn rewrite(model: &TypedModel, node: &TypedNode) -> TractResult<Option<Typed
 mod tests {
     use super::*;
     use crate::transform::rewrite::{apply, wire_relu, Rewrite, Rewrites};
-    use tract_core::ops::cnn::{PaddingSpec, PoolSpec};
+    use tract_core::ops::cnn::{KernelFormat, PaddingSpec, PoolSpec};
 
     /// A pseudo-random but fixed sequence in [-1, 1).
     fn values(len: usize, seed: u32) -> Vec<f32> {
