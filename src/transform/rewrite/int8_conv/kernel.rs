@@ -414,23 +414,27 @@ pub unsafe fn run_task(
         let mut bytes = [[0u8; NR]; MR];
         for g in task.groups.clone() {
             let wg = w.group(g);
+            let channels = g * MR..((g + 1) * MR).min(w.m);
+            // The group's requantisation constants (rows past `m` repeat the last channel).
+            let consts = w.requant.as_ref().map(|rq| {
+                let consts: [(i32, f32); MR] = std::array::from_fn(|r| {
+                    let ch = (g * MR + r).min(w.m - 1);
+                    (w.offset[ch], rq.multiplier[ch])
+                });
+                (consts, rq.y_zero)
+            });
             for b in 0..blocks {
                 let xb = &packed[b * quads * NR * KQ..(b + 1) * quads * NR * KQ];
-                let channels = g * MR..((g + 1) * MR).min(w.m);
                 let p0 = task.positions.start + b * NR;
                 let n = NR.min(task.positions.end - p0);
-                match &w.requant {
-                    Some(rq) => {
-                        let consts: [(i32, f32); MR] = std::array::from_fn(|r| {
-                            let ch = (g * MR + r).min(w.m - 1);
-                            (w.offset[ch], rq.multiplier[ch])
-                        });
-                        requantised(xb, wg, quads, &consts, rq.y_zero, &mut bytes, fast);
+                match &consts {
+                    Some((consts, y_zero)) => {
+                        requantised(xb, wg, quads, consts, *y_zero, &mut bytes, fast)
                     }
                     None => microkernel(xb, wg, quads, &mut acc, fast),
                 }
                 let count = output_runs(geo, p0, n, &mut runs);
-                for (r, ch) in channels.enumerate() {
+                for (r, ch) in channels.clone().enumerate() {
                     for &(j, pos, run) in &runs[..count] {
                         let at = base + ch * p + pos;
                         debug_assert!(pos + run <= p && at + run <= out_len);
