@@ -26,7 +26,7 @@ fn each_rewrite_off_still_matches_pytorch() {
     for depth in [18, 50] {
         let model = format!("models/fixtures/resnet{depth}/legacy.onnx");
         let logits = fixtures().join(format!("resnet{depth}/logits.json"));
-        for off in ["winograd", "residual-add", "all"] {
+        for off in ["winograd", "residual-add", "max-pool", "all"] {
             check_against_pytorch(&model, &logits, &["--no-rewrite", off]);
         }
     }
@@ -35,7 +35,7 @@ fn each_rewrite_off_still_matches_pytorch() {
 #[test]
 fn rewrites_fire_on_the_fixtures_and_keep_the_network_figures() {
     // 224x224 input: every stride-1 3x3 conv (13 in both), F(4x4,3x3) down to 14x14 maps and
-    // F(2x2,3x3) at 7x7; a residual add per block (8 and 16).
+    // F(2x2,3x3) at 7x7; a residual add per block (8 and 16); the stem's max-pool.
     for (depth, winograd, residual) in [(18, 13, 8), (50, 13, 16)] {
         let model = format!("models/fixtures/resnet{depth}/model.safetensors");
         let on = run_json(&["info", &model, "--format", "json"]);
@@ -46,12 +46,18 @@ fn rewrites_fire_on_the_fixtures_and_keep_the_network_figures() {
             "resnet{depth}: {counts:?}"
         );
         assert!(
-            counts.contains(&("residual-add".into(), residual)),
+            counts.contains(&("residual-add".into(), residual))
+                && counts.contains(&("max-pool".into(), 1)),
             "resnet{depth}: {counts:?}"
         );
         assert!(applied(&off).is_empty());
         let ops = on["ops"].as_object().unwrap();
-        assert!(ops.contains_key("WinogradInput") && ops.contains_key("ResidualAddRelu"));
+        assert!(
+            ops.contains_key("WinogradInput")
+                && ops.contains_key("ResidualAddRelu")
+                && ops.contains_key("MaxPool2d"),
+            "{ops:?}"
+        );
         assert_eq!(on["parameters"], off["parameters"], "resnet{depth}");
         assert_eq!(on["macs_per_image"], off["macs_per_image"], "resnet{depth}");
     }
@@ -65,17 +71,24 @@ fn int8_rewrites_fire_on_the_committed_artifact_and_each_off_matches_numpy() {
     #[cfg(target_arch = "x86_64")]
     if std::is_x86_feature_detected!("avx2") {
         // Every conv (17, 3 downsamples) and the classifier; every block's join but the last,
-        // whose sum goes to the average pool in f32.
+        // whose sum goes to the average pool in f32, each in its conv's epilogue; the u8
+        // max-pool.
         let counts = applied(&on);
         assert!(
             counts.contains(&("int8-conv".into(), 21))
-                && counts.contains(&("int8-residual".into(), 7)),
+                && counts.contains(&("int8-residual".into(), 7))
+                && counts.contains(&("max-pool".into(), 1)),
             "{counts:?}"
+        );
+        let ops = on["ops"].as_object().unwrap();
+        assert!(
+            ops.contains_key("Int8Conv+Join") && !ops.contains_key("Int8ResidualAdd"),
+            "{ops:?}"
         );
     }
     assert_eq!(on["parameters"], off["parameters"]);
     assert_eq!(on["macs_per_image"], off["macs_per_image"]);
-    for off in ["int8-conv", "int8-residual", "all"] {
+    for off in ["int8-conv", "int8-residual", "max-pool", "all"] {
         check_against_quant_reference("resnet18_digits.int8.onnx", 0.02, &["--no-rewrite", off]);
     }
 }
@@ -95,7 +108,7 @@ fn environment_variable_switches_rewrites_off() {
     );
     let info: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let names: Vec<_> = applied(&info).into_iter().map(|(n, _)| n).collect();
-    assert_eq!(names, ["residual-add"]);
+    assert_eq!(names, ["residual-add", "max-pool"]);
 }
 
 #[test]

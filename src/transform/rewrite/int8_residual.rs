@@ -13,6 +13,7 @@ use tract_core::ops::binary::TypedBinOp;
 use tract_core::ops::element_wise::ElementWiseOp;
 use tract_core::ops::quant::{DequantizeLinearF32, QuantizeLinearU8};
 
+use super::int8_conv::Int8Conv;
 use super::{on_tract_threads, relu_input, sole_successor};
 
 /// `(q - zero) * scale` of one u8 input.
@@ -48,9 +49,26 @@ impl Op for Int8ResidualAdd {
 
 /// The second operand of the join: u8 to dequantise, or f32.
 #[derive(Clone, Copy)]
-enum B<'a> {
+pub enum B<'a> {
     Quantised(&'a [u8], Dequant),
     Float(&'a [f32]),
+}
+
+impl<'a> B<'a> {
+    pub(crate) fn len(self) -> usize {
+        match self {
+            B::Quantised(b, _) => b.len(),
+            B::Float(b) => b.len(),
+        }
+    }
+
+    /// Elements `at..at + n`.
+    pub fn range(self, at: usize, n: usize) -> B<'a> {
+        match self {
+            B::Quantised(b, d) => B::Quantised(&b[at..at + n], d),
+            B::Float(b) => B::Float(&b[at..at + n]),
+        }
+    }
 }
 
 /// One piece of the join; plain loops the compiler vectorises (with AVX2 where present).
@@ -59,10 +77,7 @@ fn join_generic(op: &Int8ResidualAdd, a: &[u8], b: B, q: &mut [u8], s: Option<&m
     // Equal lengths up front, so the loops below vectorise without bounds checks.
     let n = q.len();
     let a = &a[..n];
-    let b = match b {
-        B::Quantised(b, d) => B::Quantised(&b[..n], d),
-        B::Float(b) => B::Float(&b[..n]),
-    };
+    let b = b.range(0, n);
     let sum = |i: usize| {
         let da = (a[i] as i32 - op.a.zero) as f32 * op.a.scale;
         let db = match b {
@@ -91,7 +106,8 @@ fn join_generic(op: &Int8ResidualAdd, a: &[u8], b: B, q: &mut [u8], s: Option<&m
     }
 }
 
-fn join(op: &Int8ResidualAdd, a: &[u8], b: B, q: &mut [u8], s: Option<&mut [f32]>) {
+/// `q = quantise(s)`, `s = [relu](dequantise(a) + b)` over equal-length slices (`s` optional).
+pub(crate) fn join(op: &Int8ResidualAdd, a: &[u8], b: B, q: &mut [u8], s: Option<&mut [f32]>) {
     #[cfg(target_arch = "x86_64")]
     if std::is_x86_feature_detected!("avx2") {
         // SAFETY: the CPU has AVX2, checked just above.
@@ -101,11 +117,15 @@ fn join(op: &Int8ResidualAdd, a: &[u8], b: B, q: &mut [u8], s: Option<&mut [f32]
 }
 
 #[cfg(target_arch = "x86_64")]
-mod avx2 {
+pub(crate) mod avx2 {
     use super::{join_generic, Int8ResidualAdd, B};
     use std::arch::x86_64::*;
 
     /// [`join_generic`] eight elements at a time, the same f32 operations in the same order.
+    ///
+    /// # Safety
+    /// AVX2.
+    #[inline]
     #[target_feature(enable = "avx2")]
     pub unsafe fn join(op: &Int8ResidualAdd, a: &[u8], b: B, q: &mut [u8], s: Option<&mut [f32]>) {
         let n = q.len();
@@ -147,10 +167,7 @@ mod avx2 {
             );
             i += 8;
         }
-        let b = match b {
-            B::Quantised(b, d) => B::Quantised(&b[i..], d),
-            B::Float(b) => B::Float(&b[i..]),
-        };
+        let b = b.range(i, n - i);
         let s = s_ptr.map(|p| std::slice::from_raw_parts_mut(p.add(i), n - i));
         join_generic(op, &a[i..], b, &mut q[i..], s);
     }
@@ -190,12 +207,8 @@ impl EvalOp for Int8ResidualAdd {
                 .map(|(i, q)| (i * PIECE, q, s_pieces.next()))
                 .collect();
             on_tract_threads(pieces, |(at, q, s)| {
-                let end = at + q.len();
-                let b = match b {
-                    B::Quantised(b, d) => B::Quantised(&b[at..end], d),
-                    B::Float(b) => B::Float(&b[at..end]),
-                };
-                join(self, &a[at..end], b, q, s)
+                let n = q.len();
+                join(self, &a[at..at + n], b.range(at, n), q, s)
             });
         }
         if self.float_output {
@@ -240,9 +253,31 @@ fn dequantised(model: &TypedModel, outlet: OutletId) -> Option<(OutletId, Dequan
     ))
 }
 
+/// The `Int8Conv` producing `a` when the join can run in its epilogue: a requantising conv
+/// not yet fused, whose output only this join reads (through `dequantised`, which only the
+/// `Add` reads), so nothing else needs the u8 tensor the fusion no longer writes.
+fn fusable_conv(
+    model: &TypedModel,
+    a: OutletId,
+    dequantised: OutletId,
+    add: OutletId,
+) -> Option<&Int8Conv> {
+    let conv = model.node(a.node).op_as::<Int8Conv>()?;
+    let only_reader =
+        |outlet, reader: usize| sole_successor(model, outlet).is_some_and(|s| s.id == reader);
+    (conv.join.is_none()
+        && conv.weights.requant.is_some()
+        && only_reader(a, dequantised.node)
+        && only_reader(dequantised, add.node))
+    .then_some(conv)
+}
+
 /// The rule, rooted at the `QuantizeLinearU8`: its input a ReLU of an `Add` (or the `Add`),
 /// the `Add` the ReLU's only input user, of a dequantised u8 tensor and a same-shaped
 /// dequantised u8 or f32 tensor. Other users of the ReLU's output read the op's f32 output.
+/// Where `a` comes straight from an [`Int8Conv`] (int8-conv ran first), the join becomes that
+/// conv's epilogue: the u8 `a` is never written out and read back, and the join's memory
+/// traffic overlaps the conv's arithmetic instead of taking a pass of its own.
 pub fn rewrite(model: &TypedModel, node: &TypedNode) -> TractResult<Option<TypedModelPatch>> {
     let Some(quantize) = node
         .op_as::<ElementWiseOp>()
@@ -270,10 +305,15 @@ pub fn rewrite(model: &TypedModel, node: &TypedNode) -> TractResult<Option<Typed
         return Ok(None);
     }
     let (x0, x1) = (add_node.inputs[0], add_node.inputs[1]);
-    let ((a, da), (b, db)) = match (dequantised(model, x0), dequantised(model, x1)) {
-        (Some(a), Some(b)) => (a, (b.0, Some(b.1))),
-        (Some(a), None) => (a, (x1, None)),
-        (None, Some(b)) => (b, (x0, None)),
+    let fusable =
+        |x: OutletId, (a, _): (OutletId, Dequant)| fusable_conv(model, a, x, add).is_some();
+    // `(dequantised a, (a, its dequantisation), (b, its dequantisation if u8))`, `a` the side
+    // whose conv can take the join when only one can.
+    let (x_a, (a, da), (b, db)) = match (dequantised(model, x0), dequantised(model, x1)) {
+        (Some(q0), Some(q1)) if fusable(x0, q0) || !fusable(x1, q1) => (x0, q0, (q1.0, Some(q1.1))),
+        (Some(q0), Some(q1)) => (x1, q1, (q0.0, Some(q0.1))),
+        (Some(q0), None) => (x0, q0, (x1, None)),
+        (None, Some(q1)) => (x1, q1, (x0, None)),
         (None, None) => return Ok(None),
     };
     let b_fact = model.outlet_fact(b)?;
@@ -294,9 +334,23 @@ pub fn rewrite(model: &TypedModel, node: &TypedNode) -> TractResult<Option<Typed
         zero: quantize.zero_point as i32,
     };
     let mut patch = TypedModelPatch::default();
-    let a = patch.tap_model(model, a)?;
-    let b = patch.tap_model(model, b)?;
-    let outputs = patch.wire_node(&node.name, op, &[a, b])?;
+    let outputs = match fusable_conv(model, a, x_a, add) {
+        // The conv's input and `b` in, the join in the conv's epilogue.
+        Some(conv) => {
+            let x = patch.tap_model(model, model.node(a.node).inputs[0])?;
+            let b = patch.tap_model(model, b)?;
+            let fused = Int8Conv {
+                join: Some(op),
+                ..conv.clone()
+            };
+            patch.wire_node(&model.node(a.node).name, fused, &[x, b])?
+        }
+        None => {
+            let a = patch.tap_model(model, a)?;
+            let b = patch.tap_model(model, b)?;
+            patch.wire_node(&node.name, op, &[a, b])?
+        }
+    };
     patch.shunt_outside(model, node.id.into(), outputs[0])?;
     if float_output {
         patch.shunt_outside(model, input, outputs[1])?;
@@ -307,7 +361,8 @@ pub fn rewrite(model: &TypedModel, node: &TypedNode) -> TractResult<Option<Typed
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::transform::rewrite::{apply, wire_relu, Rewrite, Rewrites};
+    use crate::transform::rewrite::int8_conv::tests::qconv_scaled;
+    use crate::transform::rewrite::{apply, test_bytes, wire_relu, Rewrite, Rewrites};
     use tract_core::ops::quant::quantize_linear_u8;
 
     /// `Quantize([ReLU](Dequantize(a) + b))` as tract's int8 import leaves it, `b` u8 and
@@ -391,6 +446,138 @@ mod tests {
             let q = q.as_slice::<u8>().unwrap();
             let low = if relu { 7 } else { 0 };
             assert!(q.contains(&low) && q.contains(&255), "{case}");
+        }
+    }
+
+    /// A quantised conv (tract's, before `int8-conv`) of `x_shape` feeding the join with a u8
+    /// or f32 `b`: the pattern fused into the conv's epilogue. With `reused` the f32 sum is a
+    /// model output too.
+    fn conv_join_graph(x_shape: &[usize], k: usize, b_float: bool, reused: bool) -> TypedModel {
+        // An output scale that saturates the conv's u8 output at both ends.
+        let mut model = qconv_scaled(x_shape, 8, k, 1, k / 2, 64, 0.004);
+        let y = model.outputs[0];
+        let shape = model.outlet_fact(y).unwrap().shape.clone();
+        // The conv's own output quantisation, as tract's import dequantises it.
+        let da = model
+            .wire_node("da", DequantizeLinearF32::new(0.004, 30), &[y])
+            .unwrap()[0];
+        let db = if b_float {
+            model
+                .add_source("shortcut", f32::fact(shape.clone()))
+                .unwrap()
+        } else {
+            let b = model
+                .add_source("shortcut", u8::fact(shape.clone()))
+                .unwrap();
+            model
+                .wire_node("db", DequantizeLinearF32::new(0.04, 100), &[b])
+                .unwrap()[0]
+        };
+        let sum = model
+            .wire_node("add", tract_core::ops::math::add(), &[db, da])
+            .unwrap()[0];
+        let relu = wire_relu(&mut model, sum);
+        let q = model
+            .wire_node("q", quantize_linear_u8(1.0 / 0.06, 2), &[relu])
+            .unwrap()[0];
+        let outputs = if reused { vec![q, relu] } else { vec![q] };
+        model.select_output_outlets(&outputs).unwrap();
+        model
+    }
+
+    fn run_conv_join(model: &TypedModel) -> Vec<Tensor> {
+        let x = model
+            .input_fact(0)
+            .unwrap()
+            .shape
+            .as_concrete()
+            .unwrap()
+            .to_vec();
+        let b = model.input_fact(1).unwrap().clone();
+        let b_shape = b.shape.as_concrete().unwrap().to_vec();
+        let len: usize = b_shape.iter().product();
+        let b = if b.datum_type == u8::datum_type() {
+            Tensor::from_shape(&b_shape, &test_bytes(len, 11)).unwrap()
+        } else {
+            let v: Vec<f32> = (0..len).map(|i| (i % 89) as f32 * 0.11 - 4.0).collect();
+            Tensor::from_shape(&b_shape, &v).unwrap()
+        };
+        let x = Tensor::from_shape(&x, &test_bytes(x.iter().product(), 3)).unwrap();
+        let plan = model
+            .clone()
+            .into_optimized()
+            .unwrap()
+            .into_runnable()
+            .unwrap();
+        let out = plan.run(tvec!(x.into(), b.into())).unwrap();
+        out.into_iter().map(|t| t.into_tensor()).collect()
+    }
+
+    #[test]
+    fn fused_into_the_conv_matches_the_join_on_its_own() {
+        if !crate::transform::rewrite::int8_conv::kernel::available() {
+            eprintln!("no AVX2: int8-conv does not fire, so there is nothing to fuse into");
+            return;
+        }
+        // A padded 3x3 conv (ResNet-18's second conv, phase-plane rows with dropped columns)
+        // and a 1x1 (ResNet-50's third, decluttered to an EinSum); u8 and f32 shortcuts.
+        for (x_shape, k, b_float, reused) in [
+            ([1, 5, 9, 13], 3, false, false),
+            ([1, 5, 9, 13], 3, true, true),
+            ([2, 12, 7, 6], 1, true, false),
+            ([1, 12, 7, 6], 1, false, true),
+        ] {
+            let case = format!("{x_shape:?} {k}x{k}, f32 shortcut {b_float}, sum reused {reused}");
+            let mut reference = conv_join_graph(&x_shape, k, b_float, reused);
+            reference.declutter().unwrap();
+            let (fused, report) = apply(reference.clone(), &Rewrites::all()).unwrap();
+            assert_eq!(report.count(Rewrite::Int8Residual), 1, "{case}");
+            let fused_ops: Vec<_> = fused.nodes().iter().map(|n| n.op().name()).collect();
+            assert!(
+                fused_ops.iter().any(|n| n == "Int8Conv+Join")
+                    && !fused_ops.iter().any(|n| n == "Int8ResidualAdd"),
+                "{case}: {fused_ops:?}"
+            );
+            // The same conv kernel with the join left to tract's ops, which the test above
+            // shows the unfused join matches bit for bit.
+            let (separate, _) = apply(
+                reference.clone(),
+                &Rewrites::all().without("int8-residual").unwrap(),
+            )
+            .unwrap();
+            let (want, got) = (run_conv_join(&separate), run_conv_join(&fused));
+            assert_eq!(want, got, "{case}");
+            let conv_alone = {
+                let mut conv = separate.clone();
+                let conv_out = conv.node_by_name("da").unwrap().inputs[0];
+                conv.select_output_outlets(&[conv_out]).unwrap();
+                let conv_q = run_conv_join(&conv).remove(0);
+                conv_q
+                    .try_as_plain_ram()
+                    .unwrap()
+                    .as_slice::<u8>()
+                    .unwrap()
+                    .to_vec()
+            };
+            assert!(
+                conv_alone.contains(&0) && conv_alone.contains(&255),
+                "{case}: no saturation"
+            );
+            let q = got[0].try_as_plain_ram().unwrap();
+            let q = q.as_slice::<u8>().unwrap();
+            assert!(q.contains(&2) && q.iter().filter(|&&v| v != q[0]).count() > q.len() / 2);
+            // And tract's whole graph within its requantisation rounding (one step of the
+            // conv's output, times the join's scale ratio, plus the join's own rounding).
+            let tract = run_conv_join(&reference);
+            let tract_q = tract[0].try_as_plain_ram().unwrap();
+            let worst = tract_q
+                .as_slice::<u8>()
+                .unwrap()
+                .iter()
+                .zip(q)
+                .map(|(a, b)| (*a as i32 - *b as i32).abs())
+                .max();
+            assert!(worst <= Some(2), "{case}: off by {worst:?}");
         }
     }
 

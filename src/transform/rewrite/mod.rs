@@ -9,6 +9,7 @@
 
 pub mod int8_conv;
 pub mod int8_residual;
+pub mod max_pool;
 pub mod residual_add;
 pub mod winograd;
 
@@ -35,14 +36,17 @@ pub enum Rewrite {
     Int8Conv,
     /// An int8 block's dequantise + add + ReLU + quantise as one u8 op ([`int8_residual`]).
     Int8Residual,
+    /// 2D max-pools (the stem's) as row folds over the plan's threads ([`max_pool`]).
+    MaxPool,
 }
 
 impl Rewrite {
-    pub const ALL: [Rewrite; 4] = [
+    pub const ALL: [Rewrite; 5] = [
         Rewrite::Winograd,
         Rewrite::ResidualAdd,
         Rewrite::Int8Conv,
         Rewrite::Int8Residual,
+        Rewrite::MaxPool,
     ];
 
     pub fn name(self) -> &'static str {
@@ -51,6 +55,7 @@ impl Rewrite {
             Rewrite::ResidualAdd => "residual-add",
             Rewrite::Int8Conv => "int8-conv",
             Rewrite::Int8Residual => "int8-residual",
+            Rewrite::MaxPool => "max-pool",
         }
     }
 
@@ -61,6 +66,7 @@ impl Rewrite {
             Rewrite::ResidualAdd => residual_add::rewrite(model, node),
             Rewrite::Int8Conv => int8_conv::rewrite(model, node),
             Rewrite::Int8Residual => int8_residual::rewrite(model, node),
+            Rewrite::MaxPool => max_pool::rewrite(model, node),
         }
     }
 }
@@ -330,7 +336,7 @@ mod tests {
         assert!(some.is_enabled(Rewrite::ResidualAdd));
         assert_eq!(all.without("all").unwrap(), Rewrites::none());
         assert_eq!(
-            all.without(" residual-add , winograd,int8-conv,int8-residual ")
+            all.without(" residual-add , winograd,int8-conv,int8-residual, max-pool ")
                 .unwrap(),
             Rewrites::none()
         );

@@ -16,6 +16,7 @@
 use std::cell::RefCell;
 use std::ops::Range;
 
+use crate::transform::rewrite::int8_residual::{join, Dequant, Int8ResidualAdd, B};
 use crate::transform::rewrite::on_tract_threads;
 
 /// Output channels per microkernel call (the broadcast side).
@@ -365,13 +366,86 @@ pub struct OutPtr(pub *mut u8);
 unsafe impl Send for OutPtr {}
 unsafe impl Sync for OutPtr {}
 
+/// A residual join applied to the requantised outputs before they are stored (see
+/// [`crate::transform::rewrite::int8_residual`]): the stored u8 is the join's, and its f32 sum
+/// goes to `sum` when the op has a float output.
+#[derive(Clone, Copy)]
+pub struct Epilogue<'a> {
+    pub op: &'a Int8ResidualAdd,
+    /// The join's other operand over the whole output batch.
+    pub b: B<'a>,
+    /// `out_len` f32 elements, when `op.float_output`.
+    pub sum: Option<OutPtr>,
+}
+
+impl Epilogue<'_> {
+    /// Join a block's requantised outputs `a` (rows `..rows`, row `r` stored from element
+    /// `at[r]`, in `runs` as [`output_runs`] gives them) into `out` (and `sum`).
+    ///
+    /// # Safety
+    /// As [`run_task`]: `out` (and `sum`) hold the ranges, which no other task writes.
+    unsafe fn apply_runs(
+        &self,
+        a: &[[u8; NR]; MR],
+        rows: usize,
+        at: &[usize; MR],
+        runs: &[(usize, usize, usize)],
+        out: OutPtr,
+        fast: bool,
+    ) {
+        #[cfg(target_arch = "x86_64")]
+        if fast {
+            return avx2::join_runs(self, a, rows, at, runs, out);
+        }
+        let _ = fast;
+        for (a, &at) in a.iter().zip(at).take(rows) {
+            for &(j, pos, run) in runs {
+                self.apply(&a[j..j + run], out, at + pos, join);
+            }
+        }
+    }
+
+    /// Join `a`, the requantised outputs at `at..at + a.len()`, into `out` (and `sum`) with
+    /// `join` (the generic or the AVX2 one).
+    ///
+    /// # Safety
+    /// As [`Epilogue::apply_runs`].
+    #[inline(always)]
+    unsafe fn apply(&self, a: &[u8], out: OutPtr, at: usize, join: JoinFn) {
+        let n = a.len();
+        let q = std::slice::from_raw_parts_mut(out.0.add(at), n);
+        let s = self
+            .sum
+            .map(|p| std::slice::from_raw_parts_mut((p.0 as *mut f32).add(at), n));
+        join(self.op, a, self.b.range(at, n), q, s);
+    }
+}
+
+type JoinFn = unsafe fn(&Int8ResidualAdd, &[u8], B, &mut [u8], Option<&mut [f32]>);
+
+/// Store one run of requantised outputs (a full block as one 16-byte store).
+///
+/// # Safety
+/// `dst` holds `src.len()` writable bytes.
+#[inline(always)]
+unsafe fn store(src: &[u8], dst: *mut u8) {
+    if let Ok(block) = <[u8; NR]>::try_from(src) {
+        (dst as *mut [u8; NR]).write_unaligned(block);
+    } else {
+        for (i, &v) in src.iter().enumerate() {
+            dst.add(i).write(v);
+        }
+    }
+}
+
 /// Run one task: `x` is the whole input batch as [`prepare`] returned it, `out` the whole
 /// output batch
 /// (`[images, m, positions]` of u8, or of i32 without requantisation; `out_len` elements).
 ///
 /// # Safety
 /// `out` must point to `out_len` writable elements that no other task writes at the same
-/// channels and positions.
+/// channels and positions; so must the epilogue's `sum`, and its `b` must hold `out_len`.
+#[allow(clippy::too_many_arguments)]
 pub unsafe fn run_task(
     geo: &Geometry,
     w: &Weights,
@@ -379,6 +453,7 @@ pub unsafe fn run_task(
     out: OutPtr,
     out_len: usize,
     task: &Task,
+    epilogue: Option<&Epilogue>,
     fast: bool,
 ) {
     let image = &x[task.image * geo.prepared_len()..(task.image + 1) * geo.prepared_len()];
@@ -427,13 +502,43 @@ pub unsafe fn run_task(
                 let xb = &packed[b * quads * NR * KQ..(b + 1) * quads * NR * KQ];
                 let p0 = task.positions.start + b * NR;
                 let n = NR.min(task.positions.end - p0);
+                let count = output_runs(geo, p0, n, &mut runs);
+                #[cfg(target_arch = "x86_64")]
+                if let (Some(e), Some((consts, y_zero)), true, [(0, pos, NR)]) =
+                    (epilogue, &consts, fast, &runs[..count])
+                {
+                    // A whole block of one output row: requantised, joined and stored
+                    // straight from the registers.
+                    let at: [usize; MR] = std::array::from_fn(|r| base + (g * MR + r) * p + pos);
+                    debug_assert!(at[channels.len() - 1] + NR <= out_len);
+                    // SAFETY: AVX2 (`fast`), the rows' ranges in bounds (above) and this task's.
+                    unsafe {
+                        avx2::microkernel_joined(
+                            xb.as_ptr(),
+                            wg.as_ptr(),
+                            quads,
+                            &consts[..channels.len()],
+                            *y_zero,
+                            e,
+                            out,
+                            &at,
+                        )
+                    };
+                    continue;
+                }
                 match &consts {
                     Some((consts, y_zero)) => {
                         requantised(xb, wg, quads, consts, *y_zero, &mut bytes, fast)
                     }
                     None => microkernel(xb, wg, quads, &mut acc, fast),
                 }
-                let count = output_runs(geo, p0, n, &mut runs);
+                if let Some(e) = epilogue.filter(|_| consts.is_some()) {
+                    let at: [usize; MR] = std::array::from_fn(|r| base + (g * MR + r) * p);
+                    debug_assert!(runs[..count].iter().all(|&(_, pos, run)| pos + run <= p));
+                    // SAFETY: in bounds (above), and this task's channels x positions only.
+                    unsafe { e.apply_runs(&bytes, channels.len(), &at, &runs[..count], out, fast) };
+                    continue;
+                }
                 for (r, ch) in channels.clone().enumerate() {
                     for &(j, pos, run) in &runs[..count] {
                         let at = base + ch * p + pos;
@@ -441,8 +546,7 @@ pub unsafe fn run_task(
                         // SAFETY: in bounds (above), and this task's channels x positions only.
                         unsafe {
                             if w.requant.is_some() {
-                                let src = bytes[r][j..].as_ptr();
-                                std::ptr::copy_nonoverlapping(src, out.0.add(at), run);
+                                store(&bytes[r][j..j + run], out.0.add(at));
                             } else {
                                 let out = (out.0 as *mut i32).add(at);
                                 for (i, &a) in acc[r][j..j + run].iter().enumerate() {
@@ -586,7 +690,7 @@ mod sse2 {
 
 #[cfg(target_arch = "x86_64")]
 mod avx2 {
-    use super::{KQ, MR, NR};
+    use super::{Dequant, Epilogue, OutPtr, B, KQ, MR, NR};
     use std::arch::x86_64::*;
 
     /// The accumulators of one block, in registers.
@@ -631,6 +735,93 @@ mod avx2 {
         let c = accumulate(x, w, quads);
         for ((c, out), &(offset, multiplier)) in c.iter().zip(out.iter_mut()).zip(consts) {
             store_requantised(c[0], c[1], offset, multiplier, y_zero, out);
+        }
+    }
+
+    /// [`Epilogue::apply_runs`] with the AVX2 join inlined (one call per block, not per run).
+    ///
+    /// # Safety
+    /// AVX2, and as [`Epilogue::apply_runs`].
+    #[target_feature(enable = "avx2")]
+    pub unsafe fn join_runs(
+        e: &Epilogue,
+        a: &[[u8; NR]; MR],
+        rows: usize,
+        at: &[usize; MR],
+        runs: &[(usize, usize, usize)],
+        out: OutPtr,
+    ) {
+        for (a, &at) in a.iter().zip(at).take(rows) {
+            for &(j, pos, run) in runs {
+                e.apply(&a[j..j + run], out, at + pos, |op, a, b, q, s| {
+                    crate::transform::rewrite::int8_residual::avx2::join(op, a, b, q, s)
+                });
+            }
+        }
+    }
+
+    /// [`microkernel_requantised`] with the epilogue's residual join applied to the registers
+    /// before they are stored: row `r` (of `consts.len()`) goes to elements `at[r]..at[r] + NR`
+    /// of the output batch, reading the join's `b` there (and writing its sum). The same
+    /// operations as [`super::Epilogue::apply`] on the stored bytes, so the same results.
+    ///
+    /// # Safety
+    /// AVX2; those ranges inside the output, `b` and the sum, and written by no other task.
+    #[allow(clippy::too_many_arguments)]
+    #[target_feature(enable = "avx2")]
+    pub unsafe fn microkernel_joined(
+        x: *const u8,
+        w: *const i8,
+        quads: usize,
+        consts: &[(i32, f32)],
+        y_zero: i32,
+        e: &Epilogue,
+        out: OutPtr,
+        at: &[usize; MR],
+    ) {
+        let c = accumulate(x, w, quads);
+        let op = e.op;
+        let dequantise = |v: __m256i, d: Dequant| {
+            let v = _mm256_sub_epi32(v, _mm256_set1_epi32(d.zero));
+            _mm256_mul_ps(_mm256_cvtepi32_ps(v), _mm256_set1_ps(d.scale))
+        };
+        let (inv, zero) = (_mm256_set1_ps(op.inv_scale), _mm256_set1_epi32(op.zero));
+        let (lo, hi) = (_mm256_set1_ps(-1e9), _mm256_set1_ps(1e9));
+        let (u8_min, u8_max) = (_mm256_setzero_si256(), _mm256_set1_epi32(255));
+        for ((c, &(offset, multiplier)), &at) in c.iter().zip(consts).zip(at) {
+            let (offset, multiplier) = (_mm256_set1_epi32(offset), _mm256_set1_ps(multiplier));
+            let mut y = [_mm256_setzero_si256(); 2];
+            for (half, (&acc, y)) in c.iter().zip(&mut y).enumerate() {
+                let i = at + half * 8;
+                // The conv's u8 output, as `store_requantised` saturates it (an out-of-range
+                // cvtps gives i32::MIN, which both make 0).
+                let v = _mm256_cvtepi32_ps(_mm256_add_epi32(acc, offset));
+                let a = _mm256_add_epi32(
+                    _mm256_cvtps_epi32(_mm256_mul_ps(v, multiplier)),
+                    _mm256_set1_epi32(y_zero),
+                );
+                let a = _mm256_min_epi32(_mm256_max_epi32(a, u8_min), u8_max);
+                // The join, as `int8_residual`'s AVX2 loop does it.
+                let db = match e.b {
+                    B::Quantised(b, d) => {
+                        let b = b[i..i + 8].as_ptr() as *const __m128i;
+                        dequantise(_mm256_cvtepu8_epi32(_mm_loadl_epi64(b)), d)
+                    }
+                    B::Float(b) => _mm256_loadu_ps(b[i..i + 8].as_ptr()),
+                };
+                let mut v = _mm256_add_ps(dequantise(a, op.a), db);
+                if op.relu {
+                    v = _mm256_max_ps(v, _mm256_setzero_ps());
+                }
+                if let Some(sum) = e.sum {
+                    _mm256_storeu_ps((sum.0 as *mut f32).add(i), v);
+                }
+                let scaled = _mm256_min_ps(_mm256_max_ps(_mm256_mul_ps(v, inv), lo), hi);
+                *y = _mm256_add_epi32(_mm256_cvtps_epi32(scaled), zero);
+            }
+            let words = _mm256_permute4x64_epi64(_mm256_packs_epi32(y[0], y[1]), 0b11_01_10_00);
+            let bytes = _mm256_permute4x64_epi64(_mm256_packus_epi16(words, words), 0b00_00_10_00);
+            _mm_storeu_si128(out.0.add(at) as *mut __m128i, _mm256_castsi256_si128(bytes));
         }
     }
 
@@ -731,14 +922,14 @@ mod tests {
                 let mut got = vec![0u8; want.len()];
                 for task in tasks(&geo, m, 1, threads) {
                     let ptr = OutPtr(got.as_mut_ptr());
-                    unsafe { run_task(&geo, &weights, &xp, ptr, want.len(), &task, fast) };
+                    unsafe { run_task(&geo, &weights, &xp, ptr, want.len(), &task, None, fast) };
                 }
                 got.into_iter().map(i64::from).collect()
             } else {
                 let mut got = vec![0i32; want.len()];
                 for task in tasks(&geo, m, 1, threads) {
                     let ptr = OutPtr(got.as_mut_ptr() as *mut u8);
-                    unsafe { run_task(&geo, &weights, &xp, ptr, want.len(), &task, fast) };
+                    unsafe { run_task(&geo, &weights, &xp, ptr, want.len(), &task, None, fast) };
                 }
                 got.into_iter().map(i64::from).collect()
             };

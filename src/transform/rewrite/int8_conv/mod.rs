@@ -15,8 +15,9 @@ use tract_core::ops::einsum::EinSum;
 use tract_core::ops::nn::DataFormat;
 use tract_core::ops::Downsample;
 
-use kernel::{Geometry, OutPtr, QParams, Weights};
+use kernel::{Epilogue, Geometry, OutPtr, QParams, Weights};
 
+use super::int8_residual::{Int8ResidualAdd, B};
 use super::{on_tract_threads_in_runs, plain_2d_conv, tract_threads};
 
 /// A quantised convolution (or the `MatMulInteger` of a classifier head) with its weights
@@ -30,11 +31,16 @@ pub struct Int8Conv {
     pub output_shape: TVec<usize>,
     /// Weights and biases of the conv, for `info`.
     pub parameters: usize,
+    /// A residual join fused into the epilogue by the `int8-residual` rule: the op then takes
+    /// the join's other operand as a second input and has the join's outputs.
+    pub join: Option<Int8ResidualAdd>,
 }
 
 impl PartialEq for Int8Conv {
     fn eq(&self, other: &Self) -> bool {
-        Arc::ptr_eq(&self.weights, &other.weights) && self.input_shape == other.input_shape
+        Arc::ptr_eq(&self.weights, &other.weights)
+            && self.input_shape == other.input_shape
+            && self.join == other.join
     }
 }
 
@@ -58,7 +64,10 @@ impl Int8Conv {
 
 impl Op for Int8Conv {
     fn name(&self) -> StaticName {
-        "Int8Conv".into()
+        match self.join {
+            Some(_) => "Int8Conv+Join".into(),
+            None => "Int8Conv".into(),
+        }
     }
 
     fn info(&self) -> TractResult<Vec<String>> {
@@ -76,7 +85,8 @@ impl EvalOp for Int8Conv {
     op_out_of_plan!();
 
     fn eval(&self, _ctx: &EvalContext, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
-        let x = args_1!(inputs);
+        ensure!(inputs.len() == 1 + self.join.is_some() as usize);
+        let x = &inputs[0];
         ensure!(
             *x.shape() == *self.input_shape,
             "Int8Conv built for {:?}, given {:?}",
@@ -87,33 +97,99 @@ impl EvalOp for Int8Conv {
         let x = x.as_slice::<u8>()?;
         let g = &self.geometry;
         let images = x.len() / g.input_len();
-        // SAFETY: u8/i32 have no invalid bit patterns, and the tasks write every element
+        // SAFETY: u8/i32/f32 have no invalid bit patterns, and the tasks write every element
         // (each channel x output position once).
         let mut out = unsafe { Tensor::uninitialized_dt(self.output_type(), &self.output_shape)? };
+        let float_output = self.join.as_ref().is_some_and(|j| j.float_output);
+        let sum_shape: &[usize] = if float_output {
+            &self.output_shape
+        } else {
+            &[0]
+        };
+        // SAFETY: as `out`: the epilogue writes every element when there is a float output.
+        let mut sum = unsafe { Tensor::uninitialized::<f32>(sum_shape)? };
         {
             let mut view = out.try_as_plain_ram_mut()?;
             let len = view.len();
             ensure!(len == images * self.weights.m * g.positions());
             let ptr = OutPtr(view.as_bytes_mut().as_mut_ptr());
+            let mut sum_view = sum.try_as_plain_ram_mut()?;
+            let sum_ptr = OutPtr(sum_view.as_bytes_mut().as_mut_ptr());
+            let b_view = inputs.get(1).map(|b| b.try_as_plain_ram()).transpose()?;
+            let epilogue = match (&self.join, &b_view) {
+                (Some(op), Some(b)) => {
+                    let b = match op.b {
+                        Some(d) => B::Quantised(b.as_slice::<u8>()?, d),
+                        None => B::Float(b.as_slice::<f32>()?),
+                    };
+                    ensure!(
+                        b.len() == len,
+                        "Int8Conv+Join: residual of {} for {len}",
+                        b.len()
+                    );
+                    Some(Epilogue {
+                        op,
+                        b,
+                        sum: float_output.then_some(sum_ptr),
+                    })
+                }
+                (None, _) => None,
+                (Some(_), None) => bail!("Int8Conv+Join given no residual"),
+            };
             let tasks = kernel::tasks(g, self.weights.m, images, tract_threads());
             let fast = kernel::available();
             let x = &*kernel::prepare(g, x, self.weights.x_zero);
             on_tract_threads_in_runs(tasks, |run| {
                 for task in &run {
-                    // SAFETY: `out` holds `len` elements of the output type and outlives the
-                    // scope; tasks cover disjoint channels x positions.
-                    unsafe { kernel::run_task(g, &self.weights, x, ptr, len, task, fast) };
+                    // SAFETY: `out` (and `sum`, `b`) hold `len` elements and outlive the scope;
+                    // tasks cover disjoint channels x positions.
+                    unsafe {
+                        kernel::run_task(
+                            g,
+                            &self.weights,
+                            x,
+                            ptr,
+                            len,
+                            task,
+                            epilogue.as_ref(),
+                            fast,
+                        )
+                    };
                 }
             });
         }
-        Ok(tvec!(out.into_tvalue()))
+        if float_output {
+            Ok(tvec!(out.into_tvalue(), sum.into_tvalue()))
+        } else {
+            Ok(tvec!(out.into_tvalue()))
+        }
     }
 }
 
 impl TypedOp for Int8Conv {
     fn output_facts(&self, inputs: &[&TypedFact]) -> TractResult<TVec<TypedFact>> {
         ensure!(inputs[0].datum_type == u8::datum_type());
-        Ok(tvec!(self.output_type().fact(self.output_shape.clone())))
+        let out = self.output_type().fact(self.output_shape.clone());
+        let Some(join) = &self.join else {
+            ensure!(inputs.len() == 1);
+            return Ok(tvec!(out));
+        };
+        let b_type = if join.b.is_some() {
+            u8::datum_type()
+        } else {
+            f32::datum_type()
+        };
+        ensure!(
+            inputs.len() == 2
+                && inputs[1].datum_type == b_type
+                && inputs[1].shape == out.shape
+                && out.datum_type == u8::datum_type()
+        );
+        if join.float_output {
+            Ok(tvec!(out, f32::fact(self.output_shape.clone())))
+        } else {
+            Ok(tvec!(out))
+        }
     }
 
     as_op!();
@@ -376,6 +452,7 @@ pub fn rewrite(model: &TypedModel, node: &TypedNode) -> TractResult<Option<Typed
         output_shape: output_shape.into(),
         // As `info` counts the unrewritten graph: weights, and a bias given per channel.
         parameters: weights.len() + if bias_given > 1 { bias_given } else { 0 },
+        join: None,
     };
     let mut patch = TypedModelPatch::default();
     let x = patch.tap_model(model, input)?;
@@ -385,12 +462,13 @@ pub fn rewrite(model: &TypedModel, node: &TypedNode) -> TractResult<Option<Typed
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::transform::rewrite::{apply, test_bytes as bytes, Rewrite, Rewrites};
     use tract_core::ops::cnn::{KernelFormat, PaddingSpec, PoolSpec};
 
-    /// A `QLinearConv` as tract's ONNX import declutters it: the reference.
+    /// A `QLinearConv` as tract's ONNX import declutters it (y zero 30, y scale 0.05): the
+    /// reference.
     fn qconv(
         shape: &[usize],
         m: usize,
@@ -398,6 +476,19 @@ mod tests {
         stride: usize,
         pad: usize,
         w_max: i8,
+    ) -> TypedModel {
+        qconv_scaled(shape, m, k, stride, pad, w_max, 0.05)
+    }
+
+    /// [`qconv`] with output scale `y_scale` (y zero 30).
+    pub(crate) fn qconv_scaled(
+        shape: &[usize],
+        m: usize,
+        k: usize,
+        stride: usize,
+        pad: usize,
+        w_max: i8,
+        y_scale: f32,
     ) -> TypedModel {
         let c = shape[shape.len() - 3];
         let mut model = TypedModel::default();
@@ -419,7 +510,7 @@ mod tests {
             ("k0", tensor1(&vec![0i32; m])),
             ("ks", tensor1(&scales)),
             ("y0", tensor0(30i32)),
-            ("ys", tensor0(0.05f32)),
+            ("ys", tensor0(y_scale)),
         ] {
             inputs.push(model.add_const(name, t).unwrap());
         }
