@@ -16,7 +16,7 @@
 use std::cell::RefCell;
 use std::ops::Range;
 
-use crate::transform::rewrite::int8_residual::{join, Dequant, Int8ResidualAdd, B};
+use crate::transform::rewrite::int8_residual::{join, Int8ResidualAdd, B};
 use crate::transform::rewrite::on_tract_threads;
 
 /// Output channels per microkernel call (the broadcast side).
@@ -690,7 +690,8 @@ mod sse2 {
 
 #[cfg(target_arch = "x86_64")]
 mod avx2 {
-    use super::{Dequant, Epilogue, OutPtr, B, KQ, MR, NR};
+    use super::{Epilogue, OutPtr, B, KQ, MR, NR};
+    use crate::transform::rewrite::int8_residual::Dequant;
     use std::arch::x86_64::*;
 
     /// The accumulators of one block, in registers.
