@@ -161,11 +161,25 @@ pub fn prepare<'a>(geo: &Geometry, x: &'a [u8], x_zero: u8) -> std::borrow::Cow<
             }
             let src = &src[iy as usize * w..][..w];
             let cols = &mut row[first..end];
-            if sx == 1 {
-                cols.copy_from_slice(&src[start..start + cols.len()]);
-            } else {
-                for (d, s) in cols.iter_mut().zip(src[start..].iter().step_by(sx)) {
-                    *d = *s;
+            let src = &src[start..];
+            match sx {
+                1 => cols.copy_from_slice(&src[..cols.len()]),
+                // Every other byte: whole pairs as a constant-stride loop the compiler
+                // vectorises (`step_by` stayed a byte at a time: 3% of int8 ResNet-50), then
+                // the last column where its pair runs past the row.
+                2 => {
+                    let pairs = cols.len().min(src.len() / 2);
+                    for (d, pair) in cols[..pairs].iter_mut().zip(src.chunks_exact(2)) {
+                        *d = pair[0];
+                    }
+                    for (j, d) in cols.iter_mut().enumerate().skip(pairs) {
+                        *d = src[j * 2];
+                    }
+                }
+                _ => {
+                    for (d, s) in cols.iter_mut().zip(src.iter().step_by(sx)) {
+                        *d = *s;
+                    }
                 }
             }
         }
