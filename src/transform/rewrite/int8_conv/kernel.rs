@@ -540,11 +540,12 @@ pub unsafe fn run_task(
                     };
                     continue;
                 }
+                let half = n <= NR / 2;
                 match &consts {
                     Some((consts, y_zero)) => {
-                        requantised(xb, wg, quads, consts, *y_zero, &mut bytes, fast)
+                        requantised(xb, wg, quads, half, consts, *y_zero, &mut bytes, fast)
                     }
-                    None => microkernel(xb, wg, quads, &mut acc, fast),
+                    None => microkernel(xb, wg, quads, half, &mut acc, fast),
                 }
                 if let Some(e) = epilogue.filter(|_| consts.is_some()) {
                     let at: [usize; MR] = std::array::from_fn(|r| base + (g * MR + r) * p);
@@ -625,16 +626,24 @@ fn pack<'a>(
 }
 
 /// `acc[r][j] = sum_k w[r][k] * x[k][j]` over one block of packed activations and one group of
-/// packed weights.
-fn microkernel(x: &[u8], w: &[i8], quads: usize, acc: &mut [[i32; NR]; MR], fast: bool) {
+/// packed weights; with `half`, the AVX2 kernel computes only `j < NR / 2` (the rest is not
+/// stored).
+fn microkernel(
+    x: &[u8],
+    w: &[i8],
+    quads: usize,
+    half: bool,
+    acc: &mut [[i32; NR]; MR],
+    fast: bool,
+) {
     assert!(x.len() >= quads * NR * KQ && w.len() >= quads * MR * KQ);
     #[cfg(target_arch = "x86_64")]
     if fast {
         // SAFETY: AVX2 was detected ([`available`]) before the rule fired; lengths checked above.
-        unsafe { avx2::microkernel(x.as_ptr(), w.as_ptr(), quads, acc) };
+        unsafe { avx2::microkernel(x.as_ptr(), w.as_ptr(), quads, half, acc) };
         return;
     }
-    let _ = fast;
+    let _ = (fast, half);
     *acc = [[0; NR]; MR];
     for q in 0..quads {
         let xq = &x[q * NR * KQ..][..NR * KQ];
@@ -651,10 +660,12 @@ fn microkernel(x: &[u8], w: &[i8], quads: usize, acc: &mut [[i32; NR]; MR], fast
 
 /// [`microkernel`] and then `y = clamp(round((acc + offset) * multiplier) + y_zero, 0, 255)`
 /// per row, rounding half to even as ONNX's QuantizeLinear does.
+#[allow(clippy::too_many_arguments)]
 fn requantised(
     x: &[u8],
     w: &[i8],
     quads: usize,
+    half: bool,
     consts: &[(i32, f32); MR],
     y_zero: i32,
     out: &mut [[u8; NR]; MR],
@@ -665,12 +676,12 @@ fn requantised(
     if fast {
         // SAFETY: AVX2 was detected ([`available`]) before the rule fired; lengths checked above.
         unsafe {
-            avx2::microkernel_requantised(x.as_ptr(), w.as_ptr(), quads, consts, y_zero, out)
+            avx2::microkernel_requantised(x.as_ptr(), w.as_ptr(), quads, half, consts, y_zero, out)
         };
         return;
     }
     let mut acc = [[0; NR]; MR];
-    microkernel(x, w, quads, &mut acc, fast);
+    microkernel(x, w, quads, half, &mut acc, fast);
     for ((acc, out), &(offset, multiplier)) in acc.iter().zip(out.iter_mut()).zip(consts) {
         for (o, &a) in out.iter_mut().zip(acc) {
             let v = ((a + offset) as f32 * multiplier).round_ties_even() as i32 + y_zero;
@@ -708,28 +719,55 @@ mod avx2 {
     use crate::transform::rewrite::int8_residual::Dequant;
     use std::arch::x86_64::*;
 
-    /// The accumulators of one block, in registers.
+    /// The accumulators of one block, in registers: of its first `V * 8` positions (`V` 1 or
+    /// 2), the rest left zero.
     #[inline(always)]
-    unsafe fn accumulate(x: *const u8, w: *const i8, quads: usize) -> [[__m256i; 2]; MR] {
+    unsafe fn accumulate<const V: usize>(
+        x: *const u8,
+        w: *const i8,
+        quads: usize,
+    ) -> [[__m256i; 2]; MR] {
         let ones = _mm256_set1_epi16(1);
         let mut c = [[_mm256_setzero_si256(); 2]; MR];
         for q in 0..quads {
             let xq = x.add(q * NR * KQ) as *const __m256i;
-            let a0 = _mm256_loadu_si256(xq);
-            let a1 = _mm256_loadu_si256(xq.add(1));
+            let a: [__m256i; V] = std::array::from_fn(|v| _mm256_loadu_si256(xq.add(v)));
             let wq = w.add(q * MR * KQ) as *const i32;
             for (r, c) in c.iter_mut().enumerate() {
                 let b = _mm256_set1_epi32(wq.add(r).read_unaligned());
-                c[0] = _mm256_add_epi32(c[0], _mm256_madd_epi16(_mm256_maddubs_epi16(a0, b), ones));
-                c[1] = _mm256_add_epi32(c[1], _mm256_madd_epi16(_mm256_maddubs_epi16(a1, b), ones));
+                for (c, &a) in c.iter_mut().zip(&a) {
+                    *c = _mm256_add_epi32(*c, _mm256_madd_epi16(_mm256_maddubs_epi16(a, b), ones));
+                }
             }
         }
         c
     }
 
+    /// `accumulate` over the whole block, or over its first half only for a block with at most
+    /// 8 positions to store (a 7x7 map's 49th position, a classifier's one): half the work.
+    #[inline(always)]
+    unsafe fn accumulate_block(
+        x: *const u8,
+        w: *const i8,
+        quads: usize,
+        half: bool,
+    ) -> [[__m256i; 2]; MR] {
+        if half {
+            accumulate::<1>(x, w, quads)
+        } else {
+            accumulate::<2>(x, w, quads)
+        }
+    }
+
     #[target_feature(enable = "avx2")]
-    pub unsafe fn microkernel(x: *const u8, w: *const i8, quads: usize, acc: &mut [[i32; NR]; MR]) {
-        let c = accumulate(x, w, quads);
+    pub unsafe fn microkernel(
+        x: *const u8,
+        w: *const i8,
+        quads: usize,
+        half: bool,
+        acc: &mut [[i32; NR]; MR],
+    ) {
+        let c = accumulate_block(x, w, quads, half);
         for (c, acc) in c.iter().zip(acc.iter_mut()) {
             _mm256_storeu_si256(acc.as_mut_ptr() as *mut __m256i, c[0]);
             _mm256_storeu_si256(acc.as_mut_ptr().add(8) as *mut __m256i, c[1]);
@@ -743,11 +781,12 @@ mod avx2 {
         x: *const u8,
         w: *const i8,
         quads: usize,
+        half: bool,
         consts: &[(i32, f32)],
         y_zero: i32,
         out: &mut [[u8; NR]; MR],
     ) {
-        let c = accumulate(x, w, quads);
+        let c = accumulate_block(x, w, quads, half);
         for ((c, out), &(offset, multiplier)) in c.iter().zip(out.iter_mut()).zip(consts) {
             store_requantised(c[0], c[1], offset, multiplier, y_zero, out);
         }
@@ -794,7 +833,7 @@ mod avx2 {
         out: OutPtr,
         at: &[usize; MR],
     ) {
-        let c = accumulate(x, w, quads);
+        let c = accumulate::<2>(x, w, quads);
         let op = e.op;
         let dequantise = |v: __m256i, d: Dequant| {
             let v = _mm256_sub_epi32(v, _mm256_set1_epi32(d.zero));
