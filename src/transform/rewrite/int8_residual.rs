@@ -47,6 +47,49 @@ impl Op for Int8ResidualAdd {
     op_as_typed_op!();
 }
 
+impl Int8ResidualAdd {
+    /// The type of the join's other operand: u8 to dequantise, or f32.
+    pub(crate) fn b_type(&self) -> DatumType {
+        if self.b.is_some() {
+            u8::datum_type()
+        } else {
+            f32::datum_type()
+        }
+    }
+
+    /// That operand's elements, as the join reads them.
+    pub(crate) fn operand<'a>(&self, b: &PlainView<'a>) -> TractResult<B<'a>> {
+        Ok(match self.b {
+            Some(d) => B::Quantised(b.as_slice::<u8>()?, d),
+            None => B::Float(b.as_slice::<f32>()?),
+        })
+    }
+
+    /// The tensor for the f32 sum of an output of `shape`: empty without a float output.
+    ///
+    /// # Safety
+    /// Uninitialised: the caller writes every element.
+    pub(crate) unsafe fn sum_tensor(&self, shape: &[usize]) -> TractResult<Tensor> {
+        let shape = if self.float_output { shape } else { &[0] };
+        Tensor::uninitialized::<f32>(shape)
+    }
+
+    /// The op's outputs: `q`, and the sum when the op has a float output.
+    pub(crate) fn outputs(&self, q: Tensor, sum: Tensor) -> TVec<TValue> {
+        if self.float_output {
+            tvec!(q.into_tvalue(), sum.into_tvalue())
+        } else {
+            tvec!(q.into_tvalue())
+        }
+    }
+
+    /// The facts of [`Self::outputs`] for a `q` of `q_fact`.
+    pub(crate) fn facts(&self, q_fact: TypedFact) -> TVec<TypedFact> {
+        let sum = self.float_output.then(|| f32::fact(q_fact.shape.clone()));
+        std::iter::once(q_fact).chain(sum).collect()
+    }
+}
+
 /// The second operand of the join: u8 to dequantise, or f32.
 #[derive(Clone, Copy)]
 pub enum B<'a> {
@@ -118,8 +161,47 @@ pub(crate) fn join(op: &Int8ResidualAdd, a: &[u8], b: B, q: &mut [u8], s: Option
 
 #[cfg(target_arch = "x86_64")]
 pub(crate) mod avx2 {
-    use super::{join_generic, Int8ResidualAdd, B};
+    use super::{join_generic, Dequant, Int8ResidualAdd, B};
     use std::arch::x86_64::*;
+
+    /// Eight u8 at `p`, widened to i32 lanes.
+    #[inline(always)]
+    pub unsafe fn load_u8x8(p: *const u8) -> __m256i {
+        _mm256_cvtepu8_epi32(_mm_loadl_epi64(p as *const __m128i))
+    }
+
+    /// `(v - zero) * scale` of eight i32 lanes.
+    #[inline(always)]
+    pub unsafe fn dequantise(v: __m256i, d: Dequant) -> __m256 {
+        let v = _mm256_sub_epi32(v, _mm256_set1_epi32(d.zero));
+        _mm256_mul_ps(_mm256_cvtepi32_ps(v), _mm256_set1_ps(d.scale))
+    }
+
+    /// The join of eight lanes of dequantised operands: `v = [relu](da + db)`, stored at `sum`
+    /// when given, and returned quantised (`round_even(v * inv_scale) + zero`) as i32 lanes for
+    /// the caller's saturating pack to u8. The one definition [`join`] and the int8 conv's
+    /// fused epilogue share, so both give [`join_generic`]'s results.
+    #[inline(always)]
+    pub unsafe fn join8(
+        op: &Int8ResidualAdd,
+        da: __m256,
+        db: __m256,
+        sum: Option<*mut f32>,
+    ) -> __m256i {
+        let mut v = _mm256_add_ps(da, db);
+        if op.relu {
+            v = _mm256_max_ps(v, _mm256_setzero_ps());
+        }
+        if let Some(sum) = sum {
+            _mm256_storeu_ps(sum, v);
+        }
+        // Outside i32 cvtps would give i32::MIN; the u8 clamp makes any such value 0 or 255.
+        let (lo, hi) = (_mm256_set1_ps(-1e9), _mm256_set1_ps(1e9));
+        let scaled = _mm256_mul_ps(v, _mm256_set1_ps(op.inv_scale));
+        // cvtps rounds by MXCSR: to nearest, ties to even, as tract's round_ties_to_even.
+        let y = _mm256_cvtps_epi32(_mm256_min_ps(_mm256_max_ps(scaled, lo), hi));
+        _mm256_add_epi32(y, _mm256_set1_epi32(op.zero))
+    }
 
     /// [`join_generic`] eight elements at a time, the same f32 operations in the same order.
     ///
@@ -134,32 +216,15 @@ pub(crate) mod avx2 {
             B::Quantised(b, _) => assert!(b.len() >= n),
             B::Float(b) => assert!(b.len() >= n),
         }
-        let dequantise = |p: *const u8, zero: i32, scale: f32| {
-            let v = _mm256_cvtepu8_epi32(_mm_loadl_epi64(p as *const __m128i));
-            let v = _mm256_sub_epi32(v, _mm256_set1_epi32(zero));
-            _mm256_mul_ps(_mm256_cvtepi32_ps(v), _mm256_set1_ps(scale))
-        };
-        let (inv, zero) = (_mm256_set1_ps(op.inv_scale), _mm256_set1_epi32(op.zero));
-        // Outside i32 cvtps would give i32::MIN; the u8 clamp makes any such value 0 or 255.
-        let (lo, hi) = (_mm256_set1_ps(-1e9), _mm256_set1_ps(1e9));
         let s_ptr = s.map(|s| s.as_mut_ptr());
         let mut i = 0;
         while i + 8 <= n {
-            let da = dequantise(a.as_ptr().add(i), op.a.zero, op.a.scale);
+            let da = dequantise(load_u8x8(a.as_ptr().add(i)), op.a);
             let db = match b {
-                B::Quantised(b, d) => dequantise(b.as_ptr().add(i), d.zero, d.scale),
+                B::Quantised(b, d) => dequantise(load_u8x8(b.as_ptr().add(i)), d),
                 B::Float(b) => _mm256_loadu_ps(b.as_ptr().add(i)),
             };
-            let mut v = _mm256_add_ps(da, db);
-            if op.relu {
-                v = _mm256_max_ps(v, _mm256_setzero_ps());
-            }
-            if let Some(s) = s_ptr {
-                _mm256_storeu_ps(s.add(i), v);
-            }
-            // cvtps rounds by MXCSR: to nearest, ties to even, as tract's round_ties_to_even.
-            let scaled = _mm256_min_ps(_mm256_max_ps(_mm256_mul_ps(v, inv), lo), hi);
-            let y = _mm256_add_epi32(_mm256_cvtps_epi32(scaled), zero);
+            let y = join8(op, da, db, s_ptr.map(|s| s.add(i)));
             let words = _mm_packs_epi32(_mm256_castsi256_si128(y), _mm256_extracti128_si256(y, 1));
             _mm_storel_epi64(
                 q.as_mut_ptr().add(i) as *mut __m128i,
@@ -186,15 +251,11 @@ impl EvalOp for Int8ResidualAdd {
         );
         // SAFETY: plain numbers, and the pieces below write every element of both.
         let mut q = unsafe { Tensor::uninitialized::<u8>(a.shape())? };
-        let s_shape = if self.float_output { a.shape() } else { &[0] };
-        let mut s = unsafe { Tensor::uninitialized::<f32>(s_shape)? };
+        let mut s = unsafe { self.sum_tensor(a.shape())? };
         {
             let (a, b) = (a.try_as_plain_ram()?, b.try_as_plain_ram()?);
             let a = a.as_slice::<u8>()?;
-            let b = match self.b {
-                Some(d) => B::Quantised(b.as_slice::<u8>()?, d),
-                None => B::Float(b.as_slice::<f32>()?),
-            };
+            let b = self.operand(&b)?;
             let mut q_view = q.try_as_plain_ram_mut()?;
             let mut s_view = s.try_as_plain_ram_mut()?;
             let q = q_view.as_slice_mut::<u8>()?;
@@ -211,29 +272,15 @@ impl EvalOp for Int8ResidualAdd {
                 join(self, &a[at..at + n], b.range(at, n), q, s)
             });
         }
-        if self.float_output {
-            Ok(tvec!(q.into_tvalue(), s.into_tvalue()))
-        } else {
-            Ok(tvec!(q.into_tvalue()))
-        }
+        Ok(self.outputs(q, s))
     }
 }
 
 impl TypedOp for Int8ResidualAdd {
     fn output_facts(&self, inputs: &[&TypedFact]) -> TractResult<TVec<TypedFact>> {
         ensure!(inputs.len() == 2 && inputs[0].shape == inputs[1].shape);
-        let b_type = if self.b.is_some() {
-            u8::datum_type()
-        } else {
-            f32::datum_type()
-        };
-        ensure!(inputs[0].datum_type == u8::datum_type() && inputs[1].datum_type == b_type);
-        let shape = inputs[0].shape.clone();
-        if self.float_output {
-            Ok(tvec!(u8::fact(shape.clone()), f32::fact(shape)))
-        } else {
-            Ok(tvec!(u8::fact(shape)))
-        }
+        ensure!(inputs[0].datum_type == u8::datum_type() && inputs[1].datum_type == self.b_type());
+        Ok(self.facts(u8::fact(inputs[0].shape.clone())))
     }
 
     as_op!();

@@ -716,7 +716,7 @@ mod sse2 {
 #[cfg(target_arch = "x86_64")]
 mod avx2 {
     use super::{Epilogue, OutPtr, B, KQ, MR, NR};
-    use crate::transform::rewrite::int8_residual::Dequant;
+    use crate::transform::rewrite::int8_residual::avx2::{dequantise, join8, load_u8x8};
     use std::arch::x86_64::*;
 
     /// The accumulators of one block, in registers: of its first `V * 8` positions (`V` 1 or
@@ -835,12 +835,6 @@ mod avx2 {
     ) {
         let c = accumulate::<2>(x, w, quads);
         let op = e.op;
-        let dequantise = |v: __m256i, d: Dequant| {
-            let v = _mm256_sub_epi32(v, _mm256_set1_epi32(d.zero));
-            _mm256_mul_ps(_mm256_cvtepi32_ps(v), _mm256_set1_ps(d.scale))
-        };
-        let (inv, zero) = (_mm256_set1_ps(op.inv_scale), _mm256_set1_epi32(op.zero));
-        let (lo, hi) = (_mm256_set1_ps(-1e9), _mm256_set1_ps(1e9));
         let (u8_min, u8_max) = (_mm256_setzero_si256(), _mm256_set1_epi32(255));
         for ((c, &(offset, multiplier)), &at) in c.iter().zip(consts).zip(at) {
             let (offset, multiplier) = (_mm256_set1_epi32(offset), _mm256_set1_ps(multiplier));
@@ -855,23 +849,12 @@ mod avx2 {
                     _mm256_set1_epi32(y_zero),
                 );
                 let a = _mm256_min_epi32(_mm256_max_epi32(a, u8_min), u8_max);
-                // The join, as `int8_residual`'s AVX2 loop does it.
                 let db = match e.b {
-                    B::Quantised(b, d) => {
-                        let b = b[i..i + 8].as_ptr() as *const __m128i;
-                        dequantise(_mm256_cvtepu8_epi32(_mm_loadl_epi64(b)), d)
-                    }
+                    B::Quantised(b, d) => dequantise(load_u8x8(b[i..i + 8].as_ptr()), d),
                     B::Float(b) => _mm256_loadu_ps(b[i..i + 8].as_ptr()),
                 };
-                let mut v = _mm256_add_ps(dequantise(a, op.a), db);
-                if op.relu {
-                    v = _mm256_max_ps(v, _mm256_setzero_ps());
-                }
-                if let Some(sum) = e.sum {
-                    _mm256_storeu_ps((sum.0 as *mut f32).add(i), v);
-                }
-                let scaled = _mm256_min_ps(_mm256_max_ps(_mm256_mul_ps(v, inv), lo), hi);
-                *y = _mm256_add_epi32(_mm256_cvtps_epi32(scaled), zero);
+                let sum = e.sum.map(|sum| (sum.0 as *mut f32).add(i));
+                *y = join8(op, dequantise(a, op.a), db, sum);
             }
             let words = _mm256_permute4x64_epi64(_mm256_packs_epi32(y[0], y[1]), 0b11_01_10_00);
             let bytes = _mm256_permute4x64_epi64(_mm256_packus_epi16(words, words), 0b00_00_10_00);

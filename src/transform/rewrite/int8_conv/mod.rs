@@ -17,7 +17,7 @@ use tract_core::ops::Downsample;
 
 use kernel::{Epilogue, Geometry, OutPtr, QParams, Weights};
 
-use super::int8_residual::{Int8ResidualAdd, B};
+use super::int8_residual::Int8ResidualAdd;
 use super::{on_tract_threads_in_runs, plain_2d_conv, tract_threads};
 
 /// A quantised convolution (or the `MatMulInteger` of a classifier head) with its weights
@@ -100,14 +100,11 @@ impl EvalOp for Int8Conv {
         // SAFETY: u8/i32/f32 have no invalid bit patterns, and the tasks write every element
         // (each channel x output position once).
         let mut out = unsafe { Tensor::uninitialized_dt(self.output_type(), &self.output_shape)? };
-        let float_output = self.join.as_ref().is_some_and(|j| j.float_output);
-        let sum_shape: &[usize] = if float_output {
-            &self.output_shape
-        } else {
-            &[0]
-        };
         // SAFETY: as `out`: the epilogue writes every element when there is a float output.
-        let mut sum = unsafe { Tensor::uninitialized::<f32>(sum_shape)? };
+        let mut sum = match &self.join {
+            Some(join) => unsafe { join.sum_tensor(&self.output_shape)? },
+            None => tensor1::<f32>(&[]),
+        };
         {
             let mut view = out.try_as_plain_ram_mut()?;
             let len = view.len();
@@ -118,10 +115,7 @@ impl EvalOp for Int8Conv {
             let b_view = inputs.get(1).map(|b| b.try_as_plain_ram()).transpose()?;
             let epilogue = match (&self.join, &b_view) {
                 (Some(op), Some(b)) => {
-                    let b = match op.b {
-                        Some(d) => B::Quantised(b.as_slice::<u8>()?, d),
-                        None => B::Float(b.as_slice::<f32>()?),
-                    };
+                    let b = op.operand(b)?;
                     ensure!(
                         b.len() == len,
                         "Int8Conv+Join: residual of {} for {len}",
@@ -130,7 +124,7 @@ impl EvalOp for Int8Conv {
                     Some(Epilogue {
                         op,
                         b,
-                        sum: float_output.then_some(sum_ptr),
+                        sum: op.float_output.then_some(sum_ptr),
                     })
                 }
                 (None, _) => None,
@@ -158,11 +152,10 @@ impl EvalOp for Int8Conv {
                 }
             });
         }
-        if float_output {
-            Ok(tvec!(out.into_tvalue(), sum.into_tvalue()))
-        } else {
-            Ok(tvec!(out.into_tvalue()))
-        }
+        Ok(match &self.join {
+            Some(join) => join.outputs(out, sum),
+            None => tvec!(out.into_tvalue()),
+        })
     }
 }
 
@@ -174,22 +167,13 @@ impl TypedOp for Int8Conv {
             ensure!(inputs.len() == 1);
             return Ok(tvec!(out));
         };
-        let b_type = if join.b.is_some() {
-            u8::datum_type()
-        } else {
-            f32::datum_type()
-        };
         ensure!(
             inputs.len() == 2
-                && inputs[1].datum_type == b_type
+                && inputs[1].datum_type == join.b_type()
                 && inputs[1].shape == out.shape
                 && out.datum_type == u8::datum_type()
         );
-        if join.float_output {
-            Ok(tvec!(out, f32::fact(self.output_shape.clone())))
-        } else {
-            Ok(tvec!(out))
-        }
+        Ok(join.facts(out))
     }
 
     as_op!();
