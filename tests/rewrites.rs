@@ -21,12 +21,24 @@ fn applied(info: &serde_json::Value) -> Vec<(String, u64)> {
         .collect()
 }
 
+/// Whether this CPU runs the `direct-conv` kernel (x86-64 with AVX2 and FMA).
+fn direct_conv_fires() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
 #[test]
 fn each_rewrite_off_still_matches_pytorch() {
     for depth in [18, 50] {
         let model = format!("models/fixtures/resnet{depth}/legacy.onnx");
         let logits = fixtures().join(format!("resnet{depth}/logits.json"));
-        for off in ["winograd", "residual-add", "max-pool", "all"] {
+        for off in ["winograd", "residual-add", "direct-conv", "max-pool", "all"] {
             check_against_pytorch(&model, &logits, &["--no-rewrite", off]);
         }
     }
@@ -35,8 +47,10 @@ fn each_rewrite_off_still_matches_pytorch() {
 #[test]
 fn rewrites_fire_on_the_fixtures_and_keep_the_network_figures() {
     // 224x224 input: every stride-1 3x3 conv (13 in both), F(4x4,3x3) down to 14x14 maps and
-    // F(2x2,3x3) at 7x7; a residual add per block (8 and 16); the stem's max-pool.
-    for (depth, winograd, residual) in [(18, 13, 8), (50, 13, 16)] {
+    // F(2x2,3x3) at 7x7; a residual add per block (8 and 16); the stem's max-pool; on AVX2 +
+    // FMA every other conv on our kernel (ResNet-18: the stem, three stride-2 3x3s, three
+    // projection shortcuts; ResNet-50: 53 convs less the 13 Winograd ones).
+    for (depth, winograd, residual, direct) in [(18, 13, 8, 7), (50, 13, 16, 40)] {
         let model = format!("models/fixtures/resnet{depth}/model.safetensors");
         let on = run_json(&["info", &model, "--format", "json"]);
         let off = run_json(&["info", &model, "--format", "json", "--no-rewrite", "all"]);
@@ -52,6 +66,12 @@ fn rewrites_fire_on_the_fixtures_and_keep_the_network_figures() {
         );
         assert!(applied(&off).is_empty());
         let ops = on["ops"].as_object().unwrap();
+        if direct_conv_fires() {
+            assert!(
+                counts.contains(&("direct-conv".into(), direct)) && ops.contains_key("DirectConv"),
+                "resnet{depth}: {counts:?}"
+            );
+        }
         assert!(
             ops.contains_key("WinogradInput")
                 && ops.contains_key("ResidualAddRelu")
@@ -108,7 +128,11 @@ fn environment_variable_switches_rewrites_off() {
     );
     let info: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let names: Vec<_> = applied(&info).into_iter().map(|(n, _)| n).collect();
-    assert_eq!(names, ["residual-add", "max-pool"]);
+    if direct_conv_fires() {
+        assert_eq!(names, ["residual-add", "direct-conv", "max-pool"]);
+    } else {
+        assert_eq!(names, ["residual-add", "max-pool"]);
+    }
 }
 
 #[test]

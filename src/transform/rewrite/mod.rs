@@ -7,9 +7,11 @@
 //! `RESNET_EDGE_NO_REWRITE=NAME,...|all` anywhere (the library reads it at every load, so the
 //! test suite runs with rewrites on and off).
 
+pub mod direct_conv;
 pub mod int8_conv;
 pub mod int8_residual;
 pub mod max_pool;
+pub mod phase_planes;
 pub mod residual_add;
 pub mod winograd;
 
@@ -38,12 +40,16 @@ pub enum Rewrite {
     Int8Residual,
     /// 2D max-pools (the stem's) as row folds over the plan's threads ([`max_pool`]).
     MaxPool,
+    /// f32 1x1 convolutions (with their stride, bias and ReLU) on our GEMM kernel
+    /// ([`direct_conv`]).
+    DirectConv,
 }
 
 impl Rewrite {
-    pub const ALL: [Rewrite; 5] = [
+    pub const ALL: [Rewrite; 6] = [
         Rewrite::Winograd,
         Rewrite::ResidualAdd,
+        Rewrite::DirectConv,
         Rewrite::Int8Conv,
         Rewrite::Int8Residual,
         Rewrite::MaxPool,
@@ -56,6 +62,7 @@ impl Rewrite {
             Rewrite::Int8Conv => "int8-conv",
             Rewrite::Int8Residual => "int8-residual",
             Rewrite::MaxPool => "max-pool",
+            Rewrite::DirectConv => "direct-conv",
         }
     }
 
@@ -67,6 +74,7 @@ impl Rewrite {
             Rewrite::Int8Conv => int8_conv::rewrite(model, node),
             Rewrite::Int8Residual => int8_residual::rewrite(model, node),
             Rewrite::MaxPool => max_pool::rewrite(model, node),
+            Rewrite::DirectConv => direct_conv::rewrite(model, node),
         }
     }
 }
@@ -204,6 +212,9 @@ pub fn conv_equivalent(model: &TypedModel, node: &TypedNode) -> Option<(usize, u
     if let Some(conv) = node.op_as::<int8_conv::Int8Conv>() {
         return Some((conv.parameters, conv.macs()));
     }
+    if let Some(conv) = node.op_as::<direct_conv::DirectConv>() {
+        return Some((conv.parameters(), conv.macs()));
+    }
     winograd::direct_conv_equivalent(model, node)
 }
 
@@ -336,7 +347,7 @@ mod tests {
         assert!(some.is_enabled(Rewrite::ResidualAdd));
         assert_eq!(all.without("all").unwrap(), Rewrites::none());
         assert_eq!(
-            all.without(" residual-add , winograd,int8-conv,int8-residual, max-pool ")
+            all.without(" residual-add , winograd,int8-conv,int8-residual, max-pool,direct-conv ")
                 .unwrap(),
             Rewrites::none()
         );

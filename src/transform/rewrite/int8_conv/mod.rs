@@ -316,7 +316,7 @@ fn einsum_shape(model: &TypedModel, node: &TypedNode, op: &EinSum) -> TractResul
 /// A 1x1 stride-2 conv reaches the decluttered graph as `Downsample`s of its input's H and W
 /// axes (of a rank-`rank` NCHW or CHW tensor) and the `EinSum`: the tensor before them, the
 /// strides they take (y, x), and its H and W. `outlet` itself, stride 1, without them.
-fn downsampled(
+pub(crate) fn downsampled(
     model: &TypedModel,
     mut outlet: OutletId,
     rank: usize,

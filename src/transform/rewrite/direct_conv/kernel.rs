@@ -1,0 +1,491 @@
+//! The f32 convolution behind [`super::DirectConv`]: `out[m][p] = sum_k w[m][k] x[k][p]`
+//! over NCHW planes, the im2col rows `x[k]` read as slices of the input or of its phase planes
+//! ([`phase_planes`]), blocked the way GotoBLAS blocks a GEMM (Goto & van de Geijn, "Anatomy of
+//! high-performance matrix multiplication", TOMS 2008): the activations of a chunk of
+//! positions and a block of input channels are packed into 16-position panels that stay in
+//! L2, the weights were packed into 6-channel panels at load, and a 6-channel x 16-position
+//! FMA microkernel keeps its 12 accumulators in registers over the block's depth.
+//!
+//! Bias and ReLU are applied as the last depth block's tile is stored.
+//!
+//! A scalar microkernel with the same layout keeps the code portable and is the unit tests'
+//! cross-check; the rule only fires where the AVX2 + FMA one runs.
+
+use std::cell::RefCell;
+use std::ops::Range;
+
+use crate::transform::rewrite::phase_planes::{output_runs, Geometry, Rows, NR};
+
+/// Output channels per microkernel call (broadcast from the packed weights).
+pub const MR: usize = 6;
+/// Deepest block of input channels one microkernel call sums: its activation panel (16 KB)
+/// stays in L1 while a block of weight panels streams past from L2.
+const KC: usize = 256;
+/// Channel groups whose weight panels (`GROUP_BLOCK * KC * MR` f32s, 120 KB) are run against
+/// each activation panel in turn.
+const GROUP_BLOCK: usize = 20;
+/// Bytes of packed activations per chunk of positions: about a third of a 512 KB L2 (Zen 3,
+/// Cortex-A76), leaving room for the weights streamed past and the outputs.
+const CHUNK_BYTES: usize = 160 * 1024;
+
+/// The depth blocks of `geo`: as few as keep each at most [`KC`], of near-equal size.
+fn depth_blocks(depth: usize) -> Vec<Range<usize>> {
+    let blocks = depth.div_ceil(KC).max(1);
+    let per = depth.div_ceil(blocks).max(1);
+    (0..depth)
+        .step_by(per)
+        .map(|s| s..(s + per).min(depth))
+        .collect()
+}
+
+/// Positions per chunk: a multiple of [`NR`] whose packed panels (one depth block) fit
+/// [`CHUNK_BYTES`].
+fn chunk(geo: &Geometry) -> usize {
+    let depth = geo.depth().clamp(1, KC);
+    let fit = (CHUNK_BYTES / (depth * 4)) / NR * NR;
+    let all = geo.virtual_positions().next_multiple_of(NR);
+    fit.clamp(NR, all.max(NR))
+}
+
+/// Weights `[m][k]` (`k` = `C * kh * kw`, OIHW order) packed per depth block as
+/// `[m / MR][block depth][MR]` (the last group zero-padded), so that the panels one depth
+/// block runs through are one contiguous stream; the bias padded the same way.
+#[derive(Debug, PartialEq)]
+pub struct Weights {
+    pub m: usize,
+    pub k: usize,
+    packed: Vec<f32>,
+    bias: Vec<f32>,
+}
+
+impl Weights {
+    /// `None` unless `w` holds `m * k` values and `bias` `m`.
+    pub fn new(w: &[f32], bias: &[f32], m: usize, k: usize) -> Option<Weights> {
+        if w.len() != m.checked_mul(k)? || bias.len() != m || m == 0 || k == 0 {
+            return None;
+        }
+        let groups = m.div_ceil(MR);
+        let mut packed = vec![0f32; groups * k * MR];
+        for ks in depth_blocks(k) {
+            let block = &mut packed[ks.start * groups * MR..][..ks.len() * groups * MR];
+            for (row, values) in w.chunks_exact(k).enumerate() {
+                let (g, r) = (row / MR, row % MR);
+                for (kk, &v) in values[ks.clone()].iter().enumerate() {
+                    block[(g * ks.len() + kk) * MR + r] = v;
+                }
+            }
+        }
+        let mut padded = bias.to_vec();
+        padded.resize(groups * MR, 0.0);
+        Some(Weights {
+            m,
+            k,
+            packed,
+            bias: padded,
+        })
+    }
+
+    /// Panel of group `g` over the depth block `ks` (one of [`depth_blocks`]):
+    /// `[ks.len()][MR]`.
+    fn panel(&self, g: usize, ks: &Range<usize>) -> &[f32] {
+        let start = (ks.start * self.m.div_ceil(MR) + g * ks.len()) * MR;
+        &self.packed[start..start + ks.len() * MR]
+    }
+}
+
+/// One piece of work: a chunk of positions of one image, for a range of channel groups.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Task {
+    pub image: usize,
+    pub positions: Range<usize>,
+    pub groups: Range<usize>,
+}
+
+/// The tasks of a convolution over `images` images for `threads` threads: chunks of positions,
+/// and when those are too few to share out evenly, channel ranges too (channel-major, so
+/// contiguous runs of tasks split the channels).
+pub fn tasks(geo: &Geometry, m: usize, images: usize, threads: usize) -> Vec<Task> {
+    let p = geo.virtual_positions();
+    let threads = threads.max(1);
+    let groups = m.div_ceil(MR);
+    let mut chunk = chunk(geo);
+    let count = images * p.div_ceil(chunk);
+    let splits = if count >= 2 * threads {
+        // As many chunks as fit the cache budget, rounded up to a multiple of the threads so
+        // each gets the same share.
+        let per_image = count.next_multiple_of(threads).div_ceil(images);
+        chunk = p.div_ceil(per_image.max(1)).next_multiple_of(NR).min(chunk);
+        1
+    } else {
+        threads.clamp(1, groups.max(1))
+    };
+    let chunks: Vec<Range<usize>> = (0..p)
+        .step_by(chunk.max(1))
+        .map(|s| s..(s + chunk).min(p))
+        .collect();
+    let per = groups.div_ceil(splits).max(1);
+    let mut tasks = Vec::new();
+    for start in (0..groups).step_by(per) {
+        for image in 0..images {
+            for positions in &chunks {
+                tasks.push(Task {
+                    image,
+                    positions: positions.clone(),
+                    groups: start..(start + per).min(groups),
+                });
+            }
+        }
+    }
+    tasks
+}
+
+/// Whether the AVX2 + FMA microkernel can run here.
+pub fn available() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+thread_local! {
+    /// Packed activations, reused across runs (a fresh allocation of this size would be
+    /// mapped and faulted in on every call).
+    static SCRATCH: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+    /// Outputs of a task accumulated over several depth blocks (see `run_task`).
+    static STAGING: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Output pointer shared by the tasks, each writing its own channels x positions.
+#[derive(Clone, Copy)]
+pub struct OutPtr(pub *mut f32);
+// SAFETY: tasks write disjoint elements (see `run_task`), and the buffer outlives the scope.
+unsafe impl Send for OutPtr {}
+unsafe impl Sync for OutPtr {}
+
+/// Pack (virtual) positions `ps` of depth rows `ks` of one image's prepared input `x` into
+/// panels `[panel][ks.len()][NR]`, zero past the last position.
+fn pack(geo: &Geometry, x: &[f32], ps: &Range<usize>, ks: &Range<usize>, out: &mut Vec<f32>) {
+    let depth = ks.len();
+    let panels = ps.len().div_ceil(NR);
+    out.clear();
+    out.resize(panels * depth * NR, 0.0);
+    let ((kh, kw), (sy, sx)) = (geo.kernel, geo.stride);
+    let taps = kh * kw;
+    for (kk, r) in ks.clone().enumerate() {
+        // Row `r` of im2col: a slice of the input plane, or of a phase plane at the tap's offset.
+        let row = match geo.rows() {
+            Rows::Pointwise => {
+                let plane = geo.chw.1 * geo.chw.2;
+                x.get(r * plane..(r + 1) * plane)
+            }
+            Rows::Phased { phases, hq, wq } => {
+                let (c, tap) = (r / taps, r % taps);
+                let (ky, kx) = (tap / kw, tap % kw);
+                let plane = (c * phases.0 + ky % sy) * phases.1 + kx % sx;
+                let offset = (ky / sy) * wq + kx / sx;
+                x.get(plane * hq * wq + offset..(plane + 1) * hq * wq)
+            }
+        };
+        let Some(row) = row else { continue };
+        for (j, p0) in ps.clone().step_by(NR).enumerate() {
+            let n = NR.min(ps.end - p0).min(row.len().saturating_sub(p0));
+            out[(j * depth + kk) * NR..][..n].copy_from_slice(&row[p0..p0 + n]);
+        }
+    }
+}
+
+/// Run one task: pack each depth block of its positions, then every channel group x
+/// position panel through the microkernel, accumulating in `out` across depth blocks.
+///
+/// # Safety
+/// `out` must point at `images * w.m * geo.positions()` f32s that outlive the call, with no
+/// other task writing this task's channels x positions of its image; `x` is the whole batch
+/// as [`phase_planes::prepare`] returned it.
+pub unsafe fn run_task(
+    geo: &Geometry,
+    w: &Weights,
+    x: &[f32],
+    out: OutPtr,
+    task: &Task,
+    relu: bool,
+    fast: bool,
+) {
+    let p = geo.positions();
+    let len = geo.prepared_len();
+    let Some(x) = x.get(task.image * len..(task.image + 1) * len) else {
+        return;
+    };
+    let blocks = depth_blocks(geo.depth());
+    // Tiles that straddle dropped columns (phase planes) would be gathered and scattered once
+    // per depth block: with several blocks they accumulate in a staging copy of the task's
+    // outputs, laid out as its (virtual) positions, scattered once at the end.
+    let staged = blocks.len() > 1 && matches!(geo.rows(), Rows::Phased { .. });
+    let width = task.positions.len().next_multiple_of(NR);
+    let mut runs = [(0, 0, 0); NR];
+    SCRATCH.with(|scratch| {
+        STAGING.with(|staging| {
+            let (mut packed, mut staging) = (scratch.borrow_mut(), staging.borrow_mut());
+            if staged {
+                staging.clear();
+                staging.resize(task.groups.len() * MR * width, 0.0);
+            }
+            for (b, ks) in blocks.iter().enumerate() {
+                pack(geo, x, &task.positions, ks, &mut packed);
+                let (first, last) = (b == 0, b + 1 == blocks.len());
+                // BLIS's loop order: a block of weight panels stays in L2 while each
+                // activation panel, in L1, meets every weight panel of the block.
+                for gs in task.groups.clone().step_by(GROUP_BLOCK) {
+                    let gs = gs..(gs + GROUP_BLOCK).min(task.groups.end);
+                    for (j, p0) in task.positions.clone().step_by(NR).enumerate() {
+                        let n = NR.min(task.positions.end - p0);
+                        let count = output_runs(geo, p0, n, &mut runs);
+                        let panel = &packed[j * ks.len() * NR..][..ks.len() * NR];
+                        for g in gs.clone() {
+                            let tile = if staged {
+                                let at = (g - task.groups.start) * MR * width + j * NR;
+                                Tile {
+                                    c: staging[at..].as_mut_ptr(),
+                                    ldc: width,
+                                    rows: MR,
+                                    runs: &[(0, 0, NR)],
+                                    half: false,
+                                }
+                            } else {
+                                Tile {
+                                    // SAFETY: channel `g * MR` of the image, in bounds.
+                                    c: unsafe { out.0.add((task.image * w.m + g * MR) * p) },
+                                    ldc: p,
+                                    rows: MR.min(w.m - g * MR),
+                                    runs: &runs[..count],
+                                    half: n <= NR / 2,
+                                }
+                            };
+                            let epilogue = last.then_some((&w.bias[g * MR..][..MR], relu));
+                            let a = w.panel(g, ks);
+                            // SAFETY: the caller's contract on `out`; the tile lies inside it
+                            // (or inside `staging`, sized for the task above).
+                            unsafe { tile.run(ks.len(), a, panel, !first, epilogue, fast) };
+                        }
+                    }
+                }
+            }
+            if staged {
+                for g in task.groups.clone() {
+                    let rows = MR.min(w.m - g * MR);
+                    let from = &staging[(g - task.groups.start) * MR * width..];
+                    for (j, p0) in task.positions.clone().step_by(NR).enumerate() {
+                        let n = NR.min(task.positions.end - p0);
+                        let count = output_runs(geo, p0, n, &mut runs);
+                        for r in 0..rows {
+                            for &(at, start, len) in &runs[..count] {
+                                let src = &from[r * width + j * NR + at..][..len];
+                                let ch = task.image * w.m + g * MR + r;
+                                // SAFETY: channel `ch`, outputs `start..start + len` of this
+                                // task (caller's contract).
+                                unsafe {
+                                    let dst = out.0.add(ch * p + start);
+                                    std::ptr::copy_nonoverlapping(src.as_ptr(), dst, len);
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        })
+    });
+}
+
+/// One output tile: `rows` channels from `c` (rows `ldc` apart), the panel's positions
+/// stored as `runs` (offset in the panel, output position, length; see [`output_runs`]).
+struct Tile<'a> {
+    c: *mut f32,
+    ldc: usize,
+    rows: usize,
+    runs: &'a [(usize, usize, usize)],
+    half: bool,
+}
+
+impl Tile<'_> {
+    /// `c (+)= a . b`, then `+ bias` and ReLU when `epilogue` is given. A full tile of
+    /// consecutive outputs is read and written in place, others through a full-size copy.
+    ///
+    /// # Safety
+    /// The tile's rows x runs elements must be valid for reads and writes.
+    unsafe fn run(
+        &self,
+        depth: usize,
+        a: &[f32],
+        b: &[f32],
+        load: bool,
+        epilogue: Option<(&[f32], bool)>,
+        fast: bool,
+    ) {
+        if let [(0, start, NR)] = self.runs {
+            if self.rows == MR {
+                // SAFETY: full tile in bounds (caller).
+                unsafe {
+                    let c = self.c.add(*start);
+                    microkernel(depth, a, b, c, self.ldc, load, epilogue, false, fast)
+                };
+                return;
+            }
+        }
+        let mut tmp = [0f32; MR * NR];
+        if load {
+            for r in 0..self.rows {
+                for &(at, start, len) in self.runs {
+                    for i in 0..len {
+                        // SAFETY: inside the tile (caller).
+                        tmp[r * NR + at + i] = unsafe { *self.c.add(r * self.ldc + start + i) };
+                    }
+                }
+            }
+        }
+        // SAFETY: `tmp` is a full tile with rows NR apart.
+        unsafe {
+            let c = tmp.as_mut_ptr();
+            microkernel(depth, a, b, c, NR, load, epilogue, self.half, fast);
+        }
+        for r in 0..self.rows {
+            for &(at, start, len) in self.runs {
+                for i in 0..len {
+                    // SAFETY: inside the tile (caller).
+                    unsafe { *self.c.add(r * self.ldc + start + i) = tmp[r * NR + at + i] };
+                }
+            }
+        }
+    }
+}
+
+/// Dispatch to the AVX2 microkernel (full or half width) or the scalar one.
+///
+/// # Safety
+/// `c` must be valid for an `MR x NR` tile with rows `ldc` apart (`MR x NR/2` when `half`).
+#[allow(clippy::too_many_arguments)]
+unsafe fn microkernel(
+    depth: usize,
+    a: &[f32],
+    b: &[f32],
+    c: *mut f32,
+    ldc: usize,
+    load: bool,
+    epilogue: Option<(&[f32], bool)>,
+    half: bool,
+    fast: bool,
+) {
+    debug_assert!(a.len() >= depth * MR && b.len() >= depth * NR);
+    #[cfg(target_arch = "x86_64")]
+    if fast {
+        // SAFETY: `fast` is only set where `available()`; bounds as documented.
+        unsafe {
+            if half {
+                avx2::accumulate::<1>(depth, a.as_ptr(), b.as_ptr(), c, ldc, load, epilogue)
+            } else {
+                avx2::accumulate::<2>(depth, a.as_ptr(), b.as_ptr(), c, ldc, load, epilogue)
+            }
+        };
+        return;
+    }
+    let _ = fast;
+    let width = if half { NR / 2 } else { NR };
+    let mut acc = [[0f32; NR]; MR];
+    for (r, row) in acc.iter_mut().enumerate() {
+        for (i, v) in row.iter_mut().take(width).enumerate() {
+            if load {
+                // SAFETY: inside the tile (caller).
+                *v = unsafe { *c.add(r * ldc + i) };
+            }
+        }
+    }
+    for kk in 0..depth {
+        for (r, row) in acc.iter_mut().enumerate() {
+            let av = a[kk * MR + r];
+            for (i, v) in row.iter_mut().take(width).enumerate() {
+                *v = av.mul_add(b[kk * NR + i], *v);
+            }
+        }
+    }
+    for (r, row) in acc.iter().enumerate() {
+        for (i, &v) in row.iter().take(width).enumerate() {
+            let v = match epilogue {
+                Some((bias, relu)) => {
+                    let v = v + bias[r];
+                    if relu {
+                        v.max(0.0)
+                    } else {
+                        v
+                    }
+                }
+                None => v,
+            };
+            // SAFETY: inside the tile (caller).
+            unsafe { *c.add(r * ldc + i) = v };
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx2 {
+    use super::{MR, NR};
+    use std::arch::x86_64::*;
+
+    /// `MR` channels x `8 * W` positions: `c (+)= a . b` with FMA, then bias and ReLU.
+    ///
+    /// # Safety
+    /// AVX2 and FMA present; `a` holds `depth * MR` values, `b` `depth * NR`; `c` is valid for
+    /// `MR` rows of `8 * W` values, `ldc` apart.
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn accumulate<const W: usize>(
+        depth: usize,
+        a: *const f32,
+        b: *const f32,
+        c: *mut f32,
+        ldc: usize,
+        load: bool,
+        epilogue: Option<(&[f32], bool)>,
+    ) {
+        let mut acc = [[_mm256_setzero_ps(); W]; MR];
+        if load {
+            for (r, row) in acc.iter_mut().enumerate() {
+                for (v, lane) in row.iter_mut().enumerate() {
+                    *lane = _mm256_loadu_ps(c.add(r * ldc + 8 * v));
+                }
+            }
+        }
+        for kk in 0..depth {
+            let bk = b.add(kk * NR);
+            let mut bv = [_mm256_setzero_ps(); W];
+            for (v, lane) in bv.iter_mut().enumerate() {
+                *lane = _mm256_loadu_ps(bk.add(8 * v));
+            }
+            let ak = a.add(kk * MR);
+            for (r, row) in acc.iter_mut().enumerate() {
+                let av = _mm256_broadcast_ss(&*ak.add(r));
+                for (lane, &bl) in row.iter_mut().zip(&bv) {
+                    *lane = _mm256_fmadd_ps(av, bl, *lane);
+                }
+            }
+        }
+        if let Some((bias, relu)) = epilogue {
+            let zero = _mm256_setzero_ps();
+            for (r, row) in acc.iter_mut().enumerate() {
+                let bv = _mm256_set1_ps(bias[r]);
+                for lane in row.iter_mut() {
+                    *lane = _mm256_add_ps(*lane, bv);
+                    if relu {
+                        *lane = _mm256_max_ps(*lane, zero);
+                    }
+                }
+            }
+        }
+        for (r, row) in acc.iter().enumerate() {
+            for (v, &lane) in row.iter().enumerate() {
+                _mm256_storeu_ps(c.add(r * ldc + 8 * v), lane);
+            }
+        }
+    }
+}
