@@ -166,13 +166,21 @@ pub struct OutPtr(pub *mut f32);
 unsafe impl Send for OutPtr {}
 unsafe impl Sync for OutPtr {}
 
+/// `len` zeros in `buf`, starting on a 64-byte boundary: a panel row is then one cache line,
+/// and neither of its two vector loads splits one (`Vec<f32>` is only 16-byte aligned, large
+/// ones at 16 bytes past a page).
+fn zeroed(buf: &mut Vec<f32>, len: usize) -> &mut [f32] {
+    const LANES: usize = 64 / std::mem::size_of::<f32>();
+    buf.clear();
+    buf.resize(len + LANES, 0.0);
+    let skip = buf.as_ptr().align_offset(64).min(LANES);
+    &mut buf[skip..skip + len]
+}
+
 /// Pack (virtual) positions `ps` of depth rows `ks` of one image's prepared input `x` into
-/// panels `[panel][ks.len()][NR]`, zero past the last position.
-fn pack(geo: &Geometry, x: &[f32], ps: &Range<usize>, ks: &Range<usize>, out: &mut Vec<f32>) {
+/// `out`, zeroed, as panels `[panel][ks.len()][NR]` (zero past the last position).
+fn pack(geo: &Geometry, x: &[f32], ps: &Range<usize>, ks: &Range<usize>, out: &mut [f32]) {
     let depth = ks.len();
-    let panels = ps.len().div_ceil(NR);
-    out.clear();
-    out.resize(panels * depth * NR, 0.0);
     let ((kh, kw), (sy, sx)) = (geo.kernel, geo.stride);
     let taps = kh * kw;
     for (kk, r) in ks.clone().enumerate() {
@@ -228,13 +236,14 @@ pub unsafe fn run_task(
     let mut runs = [(0, 0, 0); NR];
     SCRATCH.with(|scratch| {
         STAGING.with(|staging| {
-            let (mut packed, mut staging) = (scratch.borrow_mut(), staging.borrow_mut());
-            if staged {
-                staging.clear();
-                staging.resize(task.groups.len() * MR * width, 0.0);
-            }
+            let (mut scratch, mut staging) = (scratch.borrow_mut(), staging.borrow_mut());
+            let staging = match staged {
+                true => zeroed(&mut staging, task.groups.len() * MR * width),
+                false => &mut [],
+            };
             for (b, ks) in blocks.iter().enumerate() {
-                pack(geo, x, &task.positions, ks, &mut packed);
+                let packed = zeroed(&mut scratch, width * ks.len());
+                pack(geo, x, &task.positions, ks, packed);
                 let (first, last) = (b == 0, b + 1 == blocks.len());
                 // BLIS's loop order: a block of weight panels stays in L2 while each
                 // activation panel, in L1, meets every weight panel of the block.
