@@ -82,9 +82,9 @@ pub struct ModelArgs {
     /// Leave ONNX BatchNormalization nodes to tract (to measure what folding buys).
     #[arg(long)]
     pub no_fold_batchnorm: bool,
-    /// Switch speed rewrites off to measure them: `winograd`, `residual-add`, `int8-conv`,
-    /// `int8-residual`, `max-pool` (comma-separated) or `all`. RESNET_EDGE_NO_REWRITE does the
-    /// same.
+    /// Switch speed rewrites off to measure them: `winograd`, `residual-add`, `direct-conv`,
+    /// `int8-conv`, `int8-residual`, `max-pool` (comma-separated) or `all`.
+    /// RESNET_EDGE_NO_REWRITE does the same.
     #[arg(long = "no-rewrite", value_name = "NAMES", default_value = "", hide_default_value = true, value_parser = parse_no_rewrite)]
     pub rewrites: Rewrites,
     /// f32, f16, int8 or auto: f16 runs in f16 only on cores with FP16 arithmetic (else f32,
@@ -482,9 +482,9 @@ pub struct MeasureArgs {
     /// Leave ONNX BatchNormalization nodes to tract (to measure what folding buys).
     #[arg(long)]
     pub no_fold_batchnorm: bool,
-    /// Switch speed rewrites off to measure them: `winograd`, `residual-add`, `int8-conv`,
-    /// `int8-residual`, `max-pool` (comma-separated) or `all`. RESNET_EDGE_NO_REWRITE does the
-    /// same.
+    /// Switch speed rewrites off to measure them: `winograd`, `residual-add`, `direct-conv`,
+    /// `int8-conv`, `int8-residual`, `max-pool` (comma-separated) or `all`.
+    /// RESNET_EDGE_NO_REWRITE does the same.
     #[arg(long = "no-rewrite", value_name = "NAMES", default_value = "", hide_default_value = true, value_parser = parse_no_rewrite)]
     pub rewrites: Rewrites,
     #[arg(long, value_enum, default_value_t = ReportFormat::Table)]
