@@ -4,6 +4,8 @@
 //! over "virtual" positions (each output row padded to the planes' width, the extra columns
 //! dropped when stored).
 
+use std::ops::Range;
+
 use super::on_tract_threads;
 
 /// Positions per microkernel call of the kernels that read these planes.
@@ -176,4 +178,57 @@ pub fn output_runs(
         j += run;
     }
     count
+}
+
+/// One piece of work: a chunk of positions of one image, for a range of channel groups.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Task {
+    pub image: usize,
+    pub positions: Range<usize>,
+    pub groups: Range<usize>,
+}
+
+/// The tasks of a convolution of `p` (virtual) positions per image and `groups` channel
+/// groups over `images` images for `threads` threads: chunks of at most `chunk` positions (a
+/// multiple of [`NR`]: what the kernel's cache budget takes), and when there are fewer than
+/// `spread` per thread, channel ranges too (channel-major, so contiguous runs of tasks split
+/// the channels).
+pub fn tasks(
+    p: usize,
+    groups: usize,
+    chunk: usize,
+    images: usize,
+    threads: usize,
+    spread: usize,
+) -> Vec<Task> {
+    let threads = threads.max(1);
+    let mut chunk = chunk.max(NR);
+    let count = images * p.div_ceil(chunk);
+    let splits = if count >= spread * threads {
+        // As many chunks as fit the cache budget, rounded up to a multiple of the threads so
+        // each gets the same share.
+        let per_image = count.next_multiple_of(threads).div_ceil(images);
+        chunk = p.div_ceil(per_image.max(1)).next_multiple_of(NR).min(chunk);
+        1
+    } else {
+        threads.clamp(1, groups.max(1))
+    };
+    let chunks: Vec<Range<usize>> = (0..p)
+        .step_by(chunk.max(1))
+        .map(|s| s..(s + chunk).min(p))
+        .collect();
+    let per = groups.div_ceil(splits).max(1);
+    let mut tasks = Vec::new();
+    for start in (0..groups).step_by(per) {
+        for image in 0..images {
+            for positions in &chunks {
+                tasks.push(Task {
+                    image,
+                    positions: positions.clone(),
+                    groups: start..(start + per).min(groups),
+                });
+            }
+        }
+    }
+    tasks
 }

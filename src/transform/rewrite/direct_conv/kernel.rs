@@ -14,7 +14,8 @@
 use std::cell::RefCell;
 use std::ops::Range;
 
-use crate::transform::rewrite::phase_planes::{output_runs, Geometry, Rows, NR};
+pub use crate::transform::rewrite::phase_planes::Task;
+use crate::transform::rewrite::phase_planes::{self, output_runs, Geometry, Rows, NR};
 
 /// Output channels per microkernel call (broadcast from the packed weights).
 pub const MR: usize = 6;
@@ -93,50 +94,11 @@ impl Weights {
     }
 }
 
-/// One piece of work: a chunk of positions of one image, for a range of channel groups.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Task {
-    pub image: usize,
-    pub positions: Range<usize>,
-    pub groups: Range<usize>,
-}
-
-/// The tasks of a convolution over `images` images for `threads` threads: chunks of positions,
-/// and when those are too few to share out evenly, channel ranges too (channel-major, so
-/// contiguous runs of tasks split the channels).
+/// The tasks of a convolution over `images` images for `threads` threads (see
+/// [`phase_planes::tasks`]).
 pub fn tasks(geo: &Geometry, m: usize, images: usize, threads: usize) -> Vec<Task> {
     let p = geo.virtual_positions();
-    let threads = threads.max(1);
-    let groups = m.div_ceil(MR);
-    let mut chunk = chunk(geo);
-    let count = images * p.div_ceil(chunk);
-    let splits = if count >= 2 * threads {
-        // As many chunks as fit the cache budget, rounded up to a multiple of the threads so
-        // each gets the same share.
-        let per_image = count.next_multiple_of(threads).div_ceil(images);
-        chunk = p.div_ceil(per_image.max(1)).next_multiple_of(NR).min(chunk);
-        1
-    } else {
-        threads.clamp(1, groups.max(1))
-    };
-    let chunks: Vec<Range<usize>> = (0..p)
-        .step_by(chunk.max(1))
-        .map(|s| s..(s + chunk).min(p))
-        .collect();
-    let per = groups.div_ceil(splits).max(1);
-    let mut tasks = Vec::new();
-    for start in (0..groups).step_by(per) {
-        for image in 0..images {
-            for positions in &chunks {
-                tasks.push(Task {
-                    image,
-                    positions: positions.clone(),
-                    groups: start..(start + per).min(groups),
-                });
-            }
-        }
-    }
-    tasks
+    phase_planes::tasks(p, m.div_ceil(MR), chunk(geo), images, threads, 2)
 }
 
 /// Whether the AVX2 + FMA microkernel can run here.

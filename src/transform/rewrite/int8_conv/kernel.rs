@@ -14,10 +14,9 @@
 //! tests' cross-check; the rule only fires where the AVX2 one runs.
 
 use std::cell::RefCell;
-use std::ops::Range;
 
 use crate::transform::rewrite::int8_residual::{join, Int8ResidualAdd, B};
-pub use crate::transform::rewrite::phase_planes::{output_runs, prepare, Geometry, Rows, NR};
+pub use crate::transform::rewrite::phase_planes::{output_runs, prepare, Geometry, Rows, Task, NR};
 
 /// Output channels per microkernel call (the broadcast side).
 pub const MR: usize = 4;
@@ -156,50 +155,18 @@ pub fn available() -> bool {
     }
 }
 
-/// One piece of work: a chunk of positions of one image, for a range of channel groups.
-#[derive(Clone, Debug)]
-pub struct Task {
-    pub image: usize,
-    pub positions: Range<usize>,
-    pub groups: Range<usize>,
-}
-
-/// The tasks of a convolution over `images` images for `threads` threads: chunks of positions,
-/// and when those are too few to share out evenly, channel ranges too (channel-major, so
-/// contiguous runs of tasks split the channels).
+/// The tasks of a convolution over `images` images for `threads` threads (see
+/// [`crate::transform::rewrite::phase_planes::tasks`]).
 pub fn tasks(geo: &Geometry, m: usize, images: usize, threads: usize) -> Vec<Task> {
     let p = geo.virtual_positions();
-    let threads = threads.max(1);
-    let groups = m.div_ceil(MR);
-    let mut chunk = geo.chunk();
-    let count = images * p.div_ceil(chunk);
-    let splits = if count >= 4 * threads {
-        // As many chunks as fit the cache budget, rounded up to a multiple of the threads so
-        // each gets the same share.
-        let per_image = count.next_multiple_of(threads) / images;
-        chunk = p.div_ceil(per_image.max(1)).next_multiple_of(NR).min(chunk);
-        1
-    } else {
-        threads.clamp(1, groups)
-    };
-    let chunks: Vec<Range<usize>> = (0..p)
-        .step_by(chunk)
-        .map(|s| s..(s + chunk).min(p))
-        .collect();
-    let per = groups.div_ceil(splits);
-    let mut tasks = Vec::new();
-    for start in (0..groups).step_by(per) {
-        for image in 0..images {
-            for positions in &chunks {
-                tasks.push(Task {
-                    image,
-                    positions: positions.clone(),
-                    groups: start..(start + per).min(groups),
-                });
-            }
-        }
-    }
-    tasks
+    crate::transform::rewrite::phase_planes::tasks(
+        p,
+        m.div_ceil(MR),
+        geo.chunk(),
+        images,
+        threads,
+        4,
+    )
 }
 
 thread_local! {
