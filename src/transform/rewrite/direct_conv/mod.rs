@@ -426,6 +426,11 @@ mod tests {
         let reference = conv(shape, m, k, s, bias, relu);
         let (rewritten, report) = apply(reference.clone(), &Rewrites::all()).unwrap();
         let case = format!("{shape:?} m {m} {k}x{k}/{s}");
+        if !kernel::available() {
+            // Off x86 (or without AVX2 + FMA) tract's own kernels stay.
+            assert_eq!(report.count(Rewrite::DirectConv), 0, "{case}");
+            return;
+        }
         assert_eq!(report.count(Rewrite::DirectConv), 1, "{case}");
         let ops: Vec<String> = rewritten
             .nodes()
