@@ -13,6 +13,7 @@ pub mod int8_residual;
 pub mod max_pool;
 pub mod phase_planes;
 pub mod residual_add;
+pub mod team;
 pub mod winograd;
 
 use std::fmt;
@@ -235,25 +236,53 @@ pub(crate) fn on_tract_threads<T: Send>(items: Vec<T>, f: impl Fn(T) + Sync) {
 }
 
 /// [`on_tract_threads`], handing `f` each thread's run whole, so scratch space is set up once
-/// per run rather than once per item.
+/// per run rather than once per item. The runs go to a [`team::Team`] of the plan's size,
+/// whose workers spin between regions, unless `RESNET_EDGE_SPIN=0` (then to tract's rayon
+/// pool, whose workers sleep between them).
 pub(crate) fn on_tract_threads_in_runs<T: Send>(items: Vec<T>, f: impl Fn(Vec<T>) + Sync) {
     use tract_linalg::multithread::{current_tract_executor, Executor};
-    match current_tract_executor() {
-        Executor::MultiThread(pool) if items.len() > 1 => {
-            let threads = pool.current_num_threads().clamp(1, items.len());
-            let per_thread = items.len().div_ceil(threads);
-            let mut items = items.into_iter();
-            let f = &f;
-            pool.scope(|scope| loop {
-                let run: Vec<T> = items.by_ref().take(per_thread).collect();
-                if run.is_empty() {
-                    break;
-                }
-                scope.spawn(move |_| f(run));
-            });
-        }
-        _ => f(items),
+    let Executor::MultiThread(pool) = current_tract_executor() else {
+        return f(items);
+    };
+    let threads = pool.current_num_threads().max(1);
+    if items.len() <= 1 || threads == 1 {
+        return f(items);
     }
+    let per_thread = items.len().div_ceil(threads);
+    let mut items = items.into_iter();
+    let mut runs = Vec::new();
+    loop {
+        let run: Vec<T> = items.by_ref().take(per_thread).collect();
+        if run.is_empty() {
+            break;
+        }
+        runs.push(run);
+    }
+    if let Some(team) = spin().then(|| team::Team::of(threads)).flatten() {
+        let runs: Vec<std::sync::Mutex<Option<Vec<T>>>> = runs
+            .into_iter()
+            .map(|r| std::sync::Mutex::new(Some(r)))
+            .collect();
+        team.run(&|i| {
+            let run = runs.get(i).and_then(|r| r.lock().ok()?.take());
+            if let Some(run) = run {
+                f(run);
+            }
+        });
+        return;
+    }
+    let f = &f;
+    pool.scope(|scope| {
+        for run in runs {
+            scope.spawn(move |_| f(run));
+        }
+    });
+}
+
+/// Whether our ops' threads spin between regions (`RESNET_EDGE_SPIN=0` says no), read once.
+fn spin() -> bool {
+    static SPIN: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *SPIN.get_or_init(|| std::env::var("RESNET_EDGE_SPIN").map_or(true, |v| v.trim() != "0"))
 }
 
 /// Whether an optional per-axis list (strides, dilations) is absent or all ones.
