@@ -41,8 +41,8 @@ pub enum Rewrite {
     Int8Residual,
     /// 2D max-pools (the stem's) as row folds over the plan's threads ([`max_pool`]).
     MaxPool,
-    /// f32 1x1 convolutions (with their stride, bias and ReLU) on our GEMM kernel
-    /// ([`direct_conv`]).
+    /// The f32 convolutions `winograd` leaves (1x1, strided, the stem), with their bias and
+    /// ReLU, on our GEMM kernel ([`direct_conv`]).
     DirectConv,
 }
 

@@ -27,6 +27,42 @@ pub struct Geometry {
 }
 
 impl Geometry {
+    /// The geometry of tract's 2D `Conv` over an input of concrete shape `input` (NCHW or
+    /// tract's batch-free CHW, as the conv's data format says); `None` for any other layout.
+    pub fn of_conv(conv: &tract_core::ops::cnn::Conv, input: &[usize]) -> Option<Geometry> {
+        use tract_core::ops::nn::DataFormat;
+        let spec = &conv.pool_spec;
+        let (c, h, w) = match (spec.data_format, input) {
+            (DataFormat::NCHW, &[_, c, h, w]) | (DataFormat::CHW, &[c, h, w]) => (c, h, w),
+            _ => return None,
+        };
+        let (&kh, &kw) = (spec.kernel_shape.first()?, spec.kernel_shape.get(1)?);
+        let padding = spec.computed_padding(&[h, w]);
+        Some(Geometry {
+            chw: (c, h, w),
+            kernel: (kh, kw),
+            stride: spec.strides.as_ref().map_or((1, 1), |s| (s[0], s[1])),
+            pad: (padding[0].pad_before, padding[1].pad_before),
+            out: (padding[0].convoluted, padding[1].convoluted),
+        })
+    }
+
+    /// An unpadded 1x1 conv of `c` channels from an `input` map to an `out` one.
+    pub fn pointwise(
+        c: usize,
+        input: (usize, usize),
+        stride: (usize, usize),
+        out: (usize, usize),
+    ) -> Geometry {
+        Geometry {
+            chw: (c, input.0, input.1),
+            kernel: (1, 1),
+            stride,
+            pad: (0, 0),
+            out,
+        }
+    }
+
     /// Depth of the im2col matrix: `C * kh * kw`.
     pub fn depth(&self) -> usize {
         self.chw.0 * self.kernel.0 * self.kernel.1

@@ -11,7 +11,7 @@
 //! parallel, two classifiers) runs its work on its own thread instead of waiting.
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -33,10 +33,10 @@ struct Shared {
     /// Parked workers wait here for the next generation.
     parked: Mutex<usize>,
     wake: Condvar,
-    shutdown: AtomicBool,
 }
 
-/// `size - 1` spinning workers plus the caller.
+/// `size - 1` spinning workers plus the caller. Teams live as long as the process, as rayon's
+/// global pool does.
 pub struct Team {
     size: usize,
     shared: Arc<Shared>,
@@ -52,7 +52,6 @@ impl Team {
             pending: AtomicUsize::new(0),
             parked: Mutex::new(0),
             wake: Condvar::new(),
-            shutdown: AtomicBool::new(false),
         });
         for index in 1..size {
             let shared = shared.clone();
@@ -136,9 +135,6 @@ fn work(shared: &Shared, index: usize) {
             if generation != seen {
                 seen = generation;
                 break;
-            }
-            if shared.shutdown.load(Ordering::Relaxed) {
-                return;
             }
             std::hint::spin_loop();
             spins = spins.wrapping_add(1);

@@ -17,7 +17,6 @@ use tract_core::ops::binary::TypedBinOp;
 use tract_core::ops::cnn::Conv;
 use tract_core::ops::einsum::EinSum;
 use tract_core::ops::math::Add;
-use tract_core::ops::nn::DataFormat;
 
 use kernel::{OutPtr, Weights};
 
@@ -198,18 +197,14 @@ fn conv_shape(model: &TypedModel, node: &TypedNode, conv: &Conv) -> TractResult<
     let Some(shape) = facts[0].shape.as_concrete() else {
         return Ok(None);
     };
-    let (c, h, w) = match (spec.data_format, shape) {
-        (DataFormat::NCHW, &[_, c, h, w]) | (DataFormat::CHW, &[c, h, w]) => (c, h, w),
-        _ => return Ok(None),
+    let Some(geometry) = Geometry::of_conv(conv, shape) else {
+        return Ok(None);
     };
-    let (m, (kh, kw)) = (
-        spec.output_channels,
-        (spec.kernel_shape[0], spec.kernel_shape[1]),
-    );
+    let m = spec.output_channels;
     let (Some(weights), Some(bias)) = (konst_f32(model, node, 1), konst_f32(model, node, 2)) else {
         return Ok(None);
     };
-    if weights.len() != m * c * kh * kw {
+    if weights.len() != m * geometry.depth() {
         return Ok(None);
     }
     let bias = match bias.len() {
@@ -218,15 +213,8 @@ fn conv_shape(model: &TypedModel, node: &TypedNode, conv: &Conv) -> TractResult<
         0 => vec![0.0; m],
         _ => return Ok(None),
     };
-    let padding = spec.computed_padding(&[h, w]);
     Ok(Some(Shape {
-        geometry: Geometry {
-            chw: (c, h, w),
-            kernel: (kh, kw),
-            stride: spec.strides.as_ref().map_or((1, 1), |s| (s[0], s[1])),
-            pad: (padding[0].pad_before, padding[1].pad_before),
-            out: (padding[0].convoluted, padding[1].convoluted),
-        },
+        geometry,
         weights,
         bias,
         m,
@@ -266,13 +254,7 @@ fn einsum_shape(model: &TypedModel, node: &TypedNode, op: &EinSum) -> TractResul
         return Ok(None);
     }
     Ok(Some(Shape {
-        geometry: Geometry {
-            chw: (c, h_in, w_in),
-            kernel: (1, 1),
-            stride,
-            pad: (0, 0),
-            out: (h, w),
-        },
+        geometry: Geometry::pointwise(c, (h_in, w_in), stride, (h, w)),
         weights,
         bias: vec![0.0; m],
         m,

@@ -12,7 +12,6 @@ pub mod kernel;
 use tract_core::internal::*;
 use tract_core::ops::cnn::Conv;
 use tract_core::ops::einsum::EinSum;
-use tract_core::ops::nn::DataFormat;
 use tract_core::ops::Downsample;
 
 use kernel::{Epilogue, Geometry, OutPtr, QParams, Weights};
@@ -224,23 +223,14 @@ fn conv_shape(model: &TypedModel, node: &TypedNode, conv: &Conv) -> TractResult<
     let Some(shape) = facts[0].shape.as_concrete() else {
         return Ok(None);
     };
-    let (c, h, w) = match (spec.data_format, shape) {
-        (DataFormat::NCHW, &[_, c, h, w]) | (DataFormat::CHW, &[c, h, w]) => (c, h, w),
-        _ => return Ok(None),
+    let Some(geometry) = Geometry::of_conv(conv, shape) else {
+        return Ok(None);
     };
-    let (kh, kw) = (spec.kernel_shape[0], spec.kernel_shape[1]);
-    let padding = spec.computed_padding(&[h, w]);
     let Some(weights) = konst::<i8>(&facts, 1) else {
         return Ok(None);
     };
     Ok(Some(Shape {
-        geometry: Geometry {
-            chw: (c, h, w),
-            kernel: (kh, kw),
-            stride: spec.strides.as_ref().map_or((1, 1), |s| (s[0], s[1])),
-            pad: (padding[0].pad_before, padding[1].pad_before),
-            out: (padding[0].convoluted, padding[1].convoluted),
-        },
+        geometry,
         weights,
         m: spec.output_channels,
         input: node.inputs[0],
@@ -300,13 +290,7 @@ fn einsum_shape(model: &TypedModel, node: &TypedNode, op: &EinSum) -> TractResul
         downsampled(model, node.inputs[0], x.len())
     };
     Ok(Some(Shape {
-        geometry: Geometry {
-            chw: (c, h_in, w_in),
-            kernel: (1, 1),
-            stride,
-            pad: (0, 0),
-            out: (h, wd),
-        },
+        geometry: Geometry::pointwise(c, (h_in, w_in), stride, (h, wd)),
         weights,
         m,
         input,
@@ -450,6 +434,7 @@ pub(crate) mod tests {
     use super::*;
     use crate::transform::rewrite::{apply, test_bytes as bytes, Rewrite, Rewrites};
     use tract_core::ops::cnn::{KernelFormat, PaddingSpec, PoolSpec};
+    use tract_core::ops::nn::DataFormat;
 
     /// A `QLinearConv` as tract's ONNX import declutters it (y zero 30, y scale 0.05): the
     /// reference.
