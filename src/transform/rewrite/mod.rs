@@ -285,6 +285,27 @@ fn spin() -> bool {
     *SPIN.get_or_init(|| std::env::var("RESNET_EDGE_SPIN").map_or(true, |v| v.trim() != "0"))
 }
 
+/// A constant input `i` (of the node whose input facts are `facts`) as a flat vector of `T`.
+pub(crate) fn konst<T: Datum + Copy>(facts: &[&TypedFact], i: usize) -> Option<Vec<T>> {
+    let t = facts.get(i)?.konst.as_ref()?;
+    let t = t.cast_to::<T>().ok()?;
+    let view = t.try_as_plain_ram().ok()?;
+    Some(view.as_slice::<T>().ok()?.to_vec())
+}
+
+/// One value per channel from a constant input `i` of one or `m` values.
+pub(crate) fn per_channel<T: Datum + Copy>(
+    facts: &[&TypedFact],
+    i: usize,
+    m: usize,
+) -> Option<Vec<T>> {
+    match konst::<T>(facts, i)? {
+        v if v.len() == m => Some(v),
+        v if v.len() == 1 => Some(vec![v[0]; m]),
+        _ => None,
+    }
+}
+
 /// Whether an optional per-axis list (strides, dilations) is absent or all ones.
 pub(crate) fn all_ones(v: &Option<TVec<usize>>) -> bool {
     v.as_ref().is_none_or(|v| v.iter().all(|&x| x == 1))

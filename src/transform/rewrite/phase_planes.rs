@@ -63,6 +63,12 @@ impl Geometry {
         }
     }
 
+    /// Multiply-accumulates of `m` output channels over a batch of `elements` input values.
+    pub fn macs(&self, elements: usize, m: usize) -> u64 {
+        let images = elements / self.input_len().max(1);
+        (images * self.positions() * self.depth() * m) as u64
+    }
+
     /// Depth of the im2col matrix: `C * kh * kw`.
     pub fn depth(&self) -> usize {
         self.chw.0 * self.kernel.0 * self.kernel.1

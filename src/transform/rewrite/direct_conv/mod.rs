@@ -23,7 +23,10 @@ use kernel::{OutPtr, Weights};
 use super::phase_planes::{prepare, Geometry};
 
 use super::int8_conv::downsampled;
-use super::{on_tract_threads_in_runs, plain_2d_conv, relu_input, sole_successor, tract_threads};
+use super::{
+    konst, on_tract_threads_in_runs, per_channel, plain_2d_conv, relu_input, sole_successor,
+    tract_threads,
+};
 
 /// An f32 convolution (a `Conv`, or a 1x1 conv's `EinSum` with a stride taken from the
 /// `Downsample`s before it; the bias `Add` and ReLU after it) with its weights packed for
@@ -57,8 +60,8 @@ impl DirectConv {
 
     /// Multiply-accumulates of the whole batch.
     pub fn macs(&self) -> u64 {
-        let images = self.input_shape.iter().product::<usize>() / self.geometry.input_len();
-        (images * self.geometry.positions() * self.weights.k * self.weights.m) as u64
+        let elements = self.input_shape.iter().product();
+        self.geometry.macs(elements, self.weights.m)
     }
 }
 
@@ -132,14 +135,11 @@ impl TypedOp for DirectConv {
     as_op!();
 }
 
-/// The node's constant input `i` as f32 values.
-fn konst_f32(model: &TypedModel, node: &TypedNode, i: usize) -> Option<Vec<f32>> {
-    let fact = model.outlet_fact(*node.inputs.get(i)?).ok()?;
-    let t = fact.konst.as_ref()?;
-    if t.datum_type() != f32::datum_type() {
-        return None;
-    }
-    Some(t.try_as_plain_ram().ok()?.as_slice::<f32>().ok()?.to_vec())
+/// Constant input `i` as f32 values, when it is an f32 constant (no cast from other types).
+fn konst_f32(facts: &[&TypedFact], i: usize) -> Option<Vec<f32>> {
+    (facts.get(i)?.datum_type == f32::datum_type())
+        .then(|| konst::<f32>(facts, i))
+        .flatten()
 }
 
 /// A bias `Add` after the conv: the node when its constant operand holds one value per
@@ -153,7 +153,7 @@ fn bias_add(model: &TypedModel, node: &TypedNode, conv: OutletId, m: usize) -> O
         0 => 1,
         _ => 0,
     };
-    let values = konst_f32(model, node, other)?;
+    let values = konst_f32(&model.node_input_facts(node.id).ok()?, other)?;
     let out = model.outlet_fact(conv).ok()?.shape.as_concrete()?.to_vec();
     let shape = model
         .outlet_fact(node.inputs[other])
@@ -201,18 +201,21 @@ fn conv_shape(model: &TypedModel, node: &TypedNode, conv: &Conv) -> TractResult<
         return Ok(None);
     };
     let m = spec.output_channels;
-    let (Some(weights), Some(bias)) = (konst_f32(model, node, 1), konst_f32(model, node, 2)) else {
+    let Some(weights) = konst_f32(&facts, 1) else {
         return Ok(None);
+    };
+    // One bias per channel, one for all, or none.
+    let bias = match konst_f32(&facts, 2) {
+        Some(b) if b.is_empty() => vec![0.0; m],
+        Some(_) => match per_channel::<f32>(&facts, 2, m) {
+            Some(b) => b,
+            None => return Ok(None),
+        },
+        None => return Ok(None),
     };
     if weights.len() != m * geometry.depth() {
         return Ok(None);
     }
-    let bias = match bias.len() {
-        len if len == m => bias,
-        1 => vec![bias[0]; m],
-        0 => vec![0.0; m],
-        _ => return Ok(None),
-    };
     Ok(Some(Shape {
         geometry,
         weights,
@@ -246,7 +249,7 @@ fn einsum_shape(model: &TypedModel, node: &TypedNode, op: &EinSum) -> TractResul
         &[m, k] if k == c => m,
         _ => return Ok(None),
     };
-    let Some(weights) = konst_f32(model, node, 1) else {
+    let Some(weights) = konst_f32(&facts, 1) else {
         return Ok(None);
     };
     let (input, stride, (h_in, w_in)) = downsampled(model, node.inputs[0], x.len());

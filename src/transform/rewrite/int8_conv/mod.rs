@@ -17,7 +17,7 @@ use tract_core::ops::Downsample;
 use kernel::{Epilogue, Geometry, OutPtr, QParams, Weights};
 
 use super::int8_residual::Int8ResidualAdd;
-use super::{on_tract_threads_in_runs, plain_2d_conv, tract_threads};
+use super::{konst, on_tract_threads_in_runs, per_channel, plain_2d_conv, tract_threads};
 
 /// A quantised convolution (or the `MatMulInteger` of a classifier head) with its weights
 /// packed for [`kernel`]: u8 in; u8 out, or i32 accumulators for `MatMulInteger`.
@@ -48,8 +48,8 @@ impl Eq for Int8Conv {}
 impl Int8Conv {
     /// Multiply-accumulates of the whole batch.
     pub fn macs(&self) -> u64 {
-        let images = self.input_shape.iter().product::<usize>() / self.geometry.input_len();
-        (images * self.geometry.positions() * self.geometry.depth() * self.weights.m) as u64
+        let elements = self.input_shape.iter().product();
+        self.geometry.macs(elements, self.weights.m)
     }
 
     fn output_type(&self) -> DatumType {
@@ -178,27 +178,10 @@ impl TypedOp for Int8Conv {
     as_op!();
 }
 
-/// A constant input of `node` as a flat vector of `T`.
-fn konst<T: Datum + Copy>(facts: &[&TypedFact], i: usize) -> Option<Vec<T>> {
-    let t = facts.get(i)?.konst.as_ref()?;
-    let t = t.cast_to::<T>().ok()?;
-    let view = t.try_as_plain_ram().ok()?;
-    Some(view.as_slice::<T>().ok()?.to_vec())
-}
-
 /// The scalar constant input `i` of `node`.
 fn scalar<T: Datum + Copy>(facts: &[&TypedFact], i: usize) -> Option<T> {
     match konst::<T>(facts, i)?.as_slice() {
         [v] => Some(*v),
-        _ => None,
-    }
-}
-
-/// One value per channel from a constant of one or `m` values.
-fn per_channel<T: Datum + Copy>(facts: &[&TypedFact], i: usize, m: usize) -> Option<Vec<T>> {
-    match konst::<T>(facts, i)? {
-        v if v.len() == m => Some(v),
-        v if v.len() == 1 => Some(vec![v[0]; m]),
         _ => None,
     }
 }
