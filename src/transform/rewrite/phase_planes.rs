@@ -96,6 +96,31 @@ impl Geometry {
         }
     }
 
+    /// Where each im2col row `k` (OIHW order: `C * kh * kw` of them) starts in one image's
+    /// prepared input ([`prepare`]): the row is the slice from there over the virtual
+    /// positions. Computed once per task, so packing does no divisions per row (they cost
+    /// more than interleaving the row itself).
+    pub fn row_starts(&self) -> Vec<usize> {
+        let (c, h, w) = self.chw;
+        let (taps, channel_stride): (Vec<usize>, usize) = match self.rows() {
+            Rows::Pointwise => (vec![0], h * w),
+            Rows::Phased { phases, hq, wq } => {
+                let ((kh, kw), (sy, sx)) = (self.kernel, self.stride);
+                let taps = (0..kh)
+                    .flat_map(|ky| (0..kw).map(move |kx| (ky, kx)))
+                    .map(|(ky, kx)| {
+                        let plane = (ky % sy) * phases.1 + kx % sx;
+                        plane * hq * wq + (ky / sy) * wq + kx / sx
+                    })
+                    .collect();
+                (taps, phases.0 * phases.1 * hq * wq)
+            }
+        };
+        (0..c)
+            .flat_map(|ci| taps.iter().map(move |t| ci * channel_stride + t))
+            .collect()
+    }
+
     /// Positions the microkernel runs over: the outputs, or for [`Rows::Phased`] every column
     /// of the phase planes' width up to the last output (the extra ones are computed and
     /// dropped).

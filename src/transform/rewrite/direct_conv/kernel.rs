@@ -141,26 +141,13 @@ fn zeroed(buf: &mut Vec<f32>, len: usize) -> &mut [f32] {
 
 /// Pack (virtual) positions `ps` of depth rows `ks` of one image's prepared input `x` into
 /// `out`, zeroed, as panels `[panel][ks.len()][NR]` (zero past the last position).
-fn pack(geo: &Geometry, x: &[f32], ps: &Range<usize>, ks: &Range<usize>, out: &mut [f32]) {
+fn pack(starts: &[usize], x: &[f32], ps: &Range<usize>, ks: &Range<usize>, out: &mut [f32]) {
     let depth = ks.len();
-    let ((kh, kw), (sy, sx)) = (geo.kernel, geo.stride);
-    let taps = kh * kw;
     for (kk, r) in ks.clone().enumerate() {
         // Row `r` of im2col: a slice of the input plane, or of a phase plane at the tap's offset.
-        let row = match geo.rows() {
-            Rows::Pointwise => {
-                let plane = geo.chw.1 * geo.chw.2;
-                x.get(r * plane..(r + 1) * plane)
-            }
-            Rows::Phased { phases, hq, wq } => {
-                let (c, tap) = (r / taps, r % taps);
-                let (ky, kx) = (tap / kw, tap % kw);
-                let plane = (c * phases.0 + ky % sy) * phases.1 + kx % sx;
-                let offset = (ky / sy) * wq + kx / sx;
-                x.get(plane * hq * wq + offset..(plane + 1) * hq * wq)
-            }
+        let Some(row) = starts.get(r).and_then(|&at| x.get(at..)) else {
+            continue;
         };
-        let Some(row) = row else { continue };
         for (j, p0) in ps.clone().step_by(NR).enumerate() {
             let n = NR.min(ps.end - p0).min(row.len().saturating_sub(p0));
             out[(j * depth + kk) * NR..][..n].copy_from_slice(&row[p0..p0 + n]);
@@ -195,6 +182,7 @@ pub unsafe fn run_task(
     // outputs, laid out as its (virtual) positions, scattered once at the end.
     let staged = blocks.len() > 1 && matches!(geo.rows(), Rows::Phased { .. });
     let width = task.positions.len().next_multiple_of(NR);
+    let starts = geo.row_starts();
     let mut runs = [(0, 0, 0); NR];
     SCRATCH.with(|scratch| {
         STAGING.with(|staging| {
@@ -205,7 +193,7 @@ pub unsafe fn run_task(
             };
             for (b, ks) in blocks.iter().enumerate() {
                 let packed = zeroed(&mut scratch, width * ks.len());
-                pack(geo, x, &task.positions, ks, packed);
+                pack(&starts, x, &task.positions, ks, packed);
                 let (first, last) = (b == 0, b + 1 == blocks.len());
                 // BLIS's loop order: a block of weight panels stays in L2 while each
                 // activation panel, in L1, meets every weight panel of the block.

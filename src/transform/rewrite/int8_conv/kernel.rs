@@ -284,41 +284,28 @@ pub unsafe fn run_task(
         let packed = &mut *scratch;
         packed.resize(blocks * quads * NR * KQ, 0);
         let start = task.positions.start;
-        match geo.rows() {
-            Rows::Pointwise => {
-                let row = |k: usize| Some(&image[k * p + start..k * p + start + len]);
-                pack(row, quads, geo.depth(), len, w.x_zero, packed);
-            }
-            Rows::Phased { phases, hq, wq } => {
-                let ((kh, kw), (sy, sx)) = (geo.kernel, geo.stride);
-                let row = |k: usize| {
-                    let (c, ky, kx) = (k / (kh * kw), k / kw % kh, k % kw);
-                    let plane = (c * phases.0 + ky % sy) * phases.1 + kx % sx;
-                    let at = plane * hq * wq + (ky / sy) * wq + kx / sx + start;
-                    Some(&image[at..at + len])
-                };
-                pack(row, quads, geo.depth(), len, w.x_zero, packed);
-            }
-        }
+        let starts = geo.row_starts();
+        let row = |k: usize| image.get(starts[k] + start..starts[k] + start + len);
+        pack(row, quads, geo.depth(), len, w.x_zero, packed);
         let mut runs = [(0, 0, 0); NR];
         let mut acc = [[0i32; NR]; MR];
         let mut bytes = [[0u8; NR]; MR];
-        for g in task.groups.clone() {
-            let wg = w.group(g);
-            let channels = g * MR..((g + 1) * MR).min(w.m);
-            // The group's requantisation constants (rows past `m` repeat the last channel).
-            let consts = w.requant.as_ref().map(|rq| {
-                let consts: [(i32, f32); MR] = std::array::from_fn(|r| {
-                    let ch = (g * MR + r).min(w.m - 1);
-                    (w.offset[ch], rq.multiplier[ch])
+        for b in 0..blocks {
+            let xb = &packed[b * quads * NR * KQ..(b + 1) * quads * NR * KQ];
+            let p0 = task.positions.start + b * NR;
+            let n = NR.min(task.positions.end - p0);
+            let count = output_runs(geo, p0, n, &mut runs);
+            for g in task.groups.clone() {
+                let wg = w.group(g);
+                let channels = g * MR..((g + 1) * MR).min(w.m);
+                // The group's requantisation constants (rows past `m` repeat the last channel).
+                let consts = w.requant.as_ref().map(|rq| {
+                    let consts: [(i32, f32); MR] = std::array::from_fn(|r| {
+                        let ch = (g * MR + r).min(w.m - 1);
+                        (w.offset[ch], rq.multiplier[ch])
+                    });
+                    (consts, rq.y_zero)
                 });
-                (consts, rq.y_zero)
-            });
-            for b in 0..blocks {
-                let xb = &packed[b * quads * NR * KQ..(b + 1) * quads * NR * KQ];
-                let p0 = task.positions.start + b * NR;
-                let n = NR.min(task.positions.end - p0);
-                let count = output_runs(geo, p0, n, &mut runs);
                 #[cfg(target_arch = "x86_64")]
                 if let (Some(e), Some((consts, y_zero)), true, [(0, pos, NR)]) =
                     (epilogue, &consts, fast, &runs[..count])
