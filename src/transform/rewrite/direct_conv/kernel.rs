@@ -150,7 +150,15 @@ fn pack(starts: &[usize], x: &[f32], ps: &Range<usize>, ks: &Range<usize>, out: 
         };
         for (j, p0) in ps.clone().step_by(NR).enumerate() {
             let n = NR.min(ps.end - p0).min(row.len().saturating_sub(p0));
-            out[(j * depth + kk) * NR..][..n].copy_from_slice(&row[p0..p0 + n]);
+            let (dst, src) = (&mut out[(j * depth + kk) * NR..][..n], &row[p0..p0 + n]);
+            // A whole panel row as one fixed-size copy: two vector moves, where a slice copy
+            // of a run-time length is a `memcpy` call per 64 bytes.
+            match (<&mut [f32; NR]>::try_from(dst), <&[f32; NR]>::try_from(src)) {
+                (Ok(dst), Ok(src)) => *dst = *src,
+                (Err(_), _) | (_, Err(_)) => {
+                    out[(j * depth + kk) * NR..][..n].copy_from_slice(src);
+                }
+            }
         }
     }
 }

@@ -1,10 +1,11 @@
-//! `winograd`: stride-1 3x3 convolutions as Winograd minimal filtering on tract's matmuls.
+//! `winograd`: stride-1 3x3 convolutions as Winograd minimal filtering.
 //!
 //! Lavin & Gray, "Fast Algorithms for Convolutional Neural Networks" (CVPR 2016): an m x m
 //! output tile of a 3x3 convolution is `A^T [(G g G^T) . (B^T d B)] A` over an
 //! (m+2) x (m+2) input tile `d`. Summed over input channels, the elementwise product becomes
 //! (m+2)^2 independent matmuls `U[p] (K x C) . V[p] (C x tiles)`, which is where the time goes
-//! and which tract runs on its own kernels, weights packed once at load ([`matmul`]).
+//! and which run on `direct-conv`'s GEMM or tract's kernels, weights packed once at load
+//! ([`matmul`]).
 //! Multiplies drop from 9 per output to (m+2)^2/m^2: 2.25x fewer for F(2x2,3x3), 4x for
 //! F(4x4,3x3).
 //!
