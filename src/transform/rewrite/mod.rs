@@ -384,6 +384,15 @@ pub(crate) fn test_bytes(len: usize, seed: u32) -> Vec<u8> {
         .collect()
 }
 
+/// [`test_bytes`] as f32s in [-1, 1), for the f32 rules' unit tests.
+#[cfg(test)]
+pub(crate) fn test_values(len: usize, seed: u32) -> Vec<f32> {
+    test_bytes(len, seed)
+        .into_iter()
+        .map(|b| b as f32 / 128.0 - 1.0)
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -350,17 +350,10 @@ mod tests {
     use super::kernel::{run_task, tasks, Task, MR};
     use super::*;
     use crate::transform::rewrite::phase_planes::NR;
+    use crate::transform::rewrite::test_values;
     use crate::transform::rewrite::{apply, wire_relu, Rewrite, Rewrites};
     use tract_core::ops::cnn::{Conv, KernelFormat, PaddingSpec, PoolSpec};
     use tract_core::ops::nn::DataFormat;
-
-    /// A pseudo-random but fixed sequence in [-1, 1).
-    fn values(len: usize, seed: u32) -> Vec<f32> {
-        crate::transform::rewrite::test_bytes(len, seed)
-            .into_iter()
-            .map(|b| b as f32 / 128.0 - 1.0)
-            .collect()
-    }
 
     /// A `k`x`k` conv with tract's own `Conv` (stride `s`, padding `k / 2`, bias, optional
     /// ReLU), decluttered the way a loaded ONNX file is: the reference the rewrite must match.
@@ -369,9 +362,13 @@ mod tests {
         let c = shape[shape.len() - 3];
         let mut model = TypedModel::default();
         let x = model.add_source("x", f32::fact(shape)).unwrap();
-        let kernel = Tensor::from_shape(&[m, c, k, k], &values(m * c * k * k, 7)).unwrap();
+        let kernel = Tensor::from_shape(&[m, c, k, k], &test_values(m * c * k * k, 7)).unwrap();
         let kernel = model.add_const("kernel", kernel).unwrap();
-        let b = if bias { values(m, 9) } else { vec![0.0; m] };
+        let b = if bias {
+            test_values(m, 9)
+        } else {
+            vec![0.0; m]
+        };
         let b = model.add_const("bias", tensor1(&b)).unwrap();
         let format = if shape.len() == 4 {
             DataFormat::NCHW
@@ -402,7 +399,7 @@ mod tests {
 
     fn run(model: TypedModel, shape: &[usize]) -> Tensor {
         let len = shape.iter().product();
-        let x = Tensor::from_shape(shape, &values(len, 3)).unwrap();
+        let x = Tensor::from_shape(shape, &test_values(len, 3)).unwrap();
         let plan = model.into_optimized().unwrap().into_runnable().unwrap();
         plan.run(tvec!(x.into())).unwrap().remove(0).into_tensor()
     }
@@ -505,9 +502,9 @@ mod tests {
                 out: (out(h), out(w)),
             };
             let (p, depth) = (geo.positions(), geo.depth());
-            let x = values(c * h * w, 5);
-            let wv = values(m * depth, 6);
-            let bias = values(m, 8);
+            let x = test_values(c * h * w, 5);
+            let wv = test_values(m * depth, 6);
+            let bias = test_values(m, 8);
             let weights = Weights::new(&wv, &bias, m, depth).unwrap();
             let mut expected = vec![0f32; m * p];
             for o in 0..m {

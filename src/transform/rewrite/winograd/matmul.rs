@@ -258,14 +258,7 @@ impl TypedOp for WinogradMatMul {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// A pseudo-random but fixed sequence in [-1, 1).
-    fn values(len: usize, seed: u32) -> Vec<f32> {
-        crate::transform::rewrite::test_bytes(len, seed)
-            .into_iter()
-            .map(|b| b as f32 / 128.0 - 1.0)
-            .collect()
-    }
+    use crate::transform::rewrite::test_values;
 
     /// Both backends against the definition, `out[p][k][t] = sum_c u[p][k][c] v[p][c][t]`:
     /// 300 channels (two of `direct-conv`'s depth blocks), 7 output channels (a partial group
@@ -273,8 +266,8 @@ mod tests {
     #[test]
     fn products_match_the_definition_on_both_backends() {
         let (positions, k, c, t) = (5, 7, 300, 21);
-        let u = values(positions * k * c, 1);
-        let v = values(positions * c * t, 2);
+        let u = test_values(positions * k * c, 1);
+        let v = test_values(positions * c * t, 2);
         let ranges = [0..2, 2..3, 3..5];
         let expected: Vec<f32> = (0..positions)
             .flat_map(|p| (0..k).flat_map(move |kk| (0..t).map(move |tt| (p, kk, tt))))
