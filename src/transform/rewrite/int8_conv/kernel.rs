@@ -285,7 +285,10 @@ pub unsafe fn run_task(
         packed.resize(blocks * quads * NR * KQ, 0);
         let start = task.positions.start;
         let starts = geo.row_starts();
-        let row = |k: usize| image.get(starts[k] + start..starts[k] + start + len);
+        let row = |k: usize| {
+            let &at = starts.get(k)?;
+            image.get(at + start..at + start + len)
+        };
         pack(row, quads, geo.depth(), len, w.x_zero, packed);
         let mut runs = [(0, 0, 0); NR];
         let mut acc = [[0i32; NR]; MR];

@@ -10,8 +10,8 @@
 //!
 //! Where `direct-conv`'s GEMM runs (x86 with AVX2 + FMA) each position's product is instead a
 //! 1x1 convolution of C channels over the tiles on that kernel ([`Backend::Direct`]): the
-//! shapes here (K and C of 64-512, 16-196 tiles) are the ones tract served with its 8x8 and
-//! 16x5 kernels, and the 1x1 convs ran faster on ours (see the README).
+//! shapes here (K and C of 64-512, 16-196 tiles) are ones tract served with its 8x8, 16x5 and
+//! 16x6 kernels, and the 1x1 convs ran faster on ours (see the README).
 
 use std::ops::Range;
 use std::sync::Mutex;
