@@ -80,10 +80,6 @@ impl Team {
         Some(team)
     }
 
-    pub fn size(&self) -> usize {
-        self.size
-    }
-
     /// Run `job(i)` for every member `i` in `0..size`, the caller taking 0; returns when all
     /// have finished. When another caller holds the team, runs every member's share here.
     pub fn run(&self, job: &(dyn Fn(usize) + Sync)) {

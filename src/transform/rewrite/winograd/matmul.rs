@@ -177,33 +177,7 @@ impl WinogradMatMul {
         }
         Ok(out.into_tvalue())
     }
-}
 
-impl Op for WinogradMatMul {
-    fn name(&self) -> StaticName {
-        "WinogradMatMul".into()
-    }
-
-    fn info(&self) -> TractResult<Vec<String>> {
-        let on = match self.backend {
-            Backend::Tract(_) => "tract's kernels",
-            Backend::Direct(_) => "direct-conv's GEMM",
-        };
-        Ok(vec![format!("{} groups, {on}", self.backend.groups())])
-    }
-
-    op_as_typed_op!();
-}
-
-impl EvalOp for WinogradMatMul {
-    op_out_of_plan!();
-
-    fn eval(&self, _ctx: &EvalContext, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
-        self.run(inputs)
-    }
-}
-
-impl WinogradMatMul {
     /// Every group's products, the groups spread over the plan's threads.
     fn run(&self, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
         ensure!(inputs.len() == self.backend.groups());
@@ -233,6 +207,30 @@ impl WinogradMatMul {
                     .context("Winograd matmul group did not run")?
             })
             .collect()
+    }
+}
+
+impl Op for WinogradMatMul {
+    fn name(&self) -> StaticName {
+        "WinogradMatMul".into()
+    }
+
+    fn info(&self) -> TractResult<Vec<String>> {
+        let on = match self.backend {
+            Backend::Tract(_) => "tract's kernels",
+            Backend::Direct(_) => "direct-conv's GEMM",
+        };
+        Ok(vec![format!("{} groups, {on}", self.backend.groups())])
+    }
+
+    op_as_typed_op!();
+}
+
+impl EvalOp for WinogradMatMul {
+    op_out_of_plan!();
+
+    fn eval(&self, _ctx: &EvalContext, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
+        self.run(inputs)
     }
 }
 
