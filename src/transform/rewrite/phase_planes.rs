@@ -98,8 +98,8 @@ impl Geometry {
 
     /// Where each im2col row `k` (OIHW order: `C * kh * kw` of them) starts in one image's
     /// prepared input ([`prepare`]): the row is the slice from there over the virtual
-    /// positions. Computed once per task, rather than with 4-8 divisions per row each time a
-    /// chunk is packed.
+    /// positions. Computed once per run of an op and shared by its tasks, rather than with 4-8
+    /// divisions per row each time a chunk is packed.
     pub fn row_starts(&self) -> Vec<usize> {
         let (c, h, w) = self.chw;
         let (taps, channel_stride): (Vec<usize>, usize) = match self.rows() {

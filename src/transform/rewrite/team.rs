@@ -11,7 +11,7 @@
 //! parallel, two classifiers) runs its work on its own thread instead of waiting.
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -33,6 +33,8 @@ struct Shared {
     /// Parked workers wait here for the next generation.
     parked: Mutex<usize>,
     wake: Condvar,
+    /// Set (with a generation bump) when the team could not be completed: workers exit.
+    stop: AtomicBool,
 }
 
 /// `size - 1` spinning workers plus the caller. Teams live as long as the process, as rayon's
@@ -44,21 +46,38 @@ pub struct Team {
     busy: Mutex<()>,
 }
 
+/// Starts worker `index` running `body` on a thread of its own.
+type Spawn<'a> = &'a dyn Fn(usize, Box<dyn FnOnce() + Send>) -> std::io::Result<()>;
+
+fn spawn_thread(index: usize, body: Box<dyn FnOnce() + Send>) -> std::io::Result<()> {
+    std::thread::Builder::new()
+        .name(format!("resnet-edge-team-{index}"))
+        .spawn(body)
+        .map(drop)
+}
+
 impl Team {
-    fn new(size: usize) -> Option<Team> {
+    /// `None` when a worker cannot be spawned; those already started are told to exit rather
+    /// than left parked for the life of the process.
+    fn new(size: usize, spawn: Spawn) -> Option<Team> {
         let shared = Arc::new(Shared {
             generation: AtomicU64::new(0),
             job: Mutex::new(None),
             pending: AtomicUsize::new(0),
             parked: Mutex::new(0),
             wake: Condvar::new(),
+            stop: AtomicBool::new(false),
         });
         for index in 1..size {
-            let shared = shared.clone();
-            std::thread::Builder::new()
-                .name(format!("resnet-edge-team-{index}"))
-                .spawn(move || work(&shared, index))
-                .ok()?;
+            let worker = shared.clone();
+            if spawn(index, Box::new(move || work(&worker, index))).is_err() {
+                shared.stop.store(true, Ordering::Release);
+                shared.generation.fetch_add(1, Ordering::AcqRel);
+                // Under the lock parked workers wait on, so none misses the wake-up.
+                let _parked = shared.parked.lock();
+                shared.wake.notify_all();
+                return None;
+            }
         }
         Some(Team {
             size,
@@ -75,7 +94,7 @@ impl Team {
         if let Some(team) = teams.iter().find(|t| t.size == size) {
             return Some(team.clone());
         }
-        let team = Arc::new(Team::new(size)?);
+        let team = Arc::new(Team::new(size, &spawn_thread)?);
         teams.push(team.clone());
         Some(team)
     }
@@ -156,6 +175,9 @@ fn work(shared: &Shared, index: usize) {
             *parked -= 1;
             since = Instant::now();
         }
+        if shared.stop.load(Ordering::Acquire) {
+            return;
+        }
         let job = shared.job.lock().ok().and_then(|slot| *slot);
         if let Some(job) = job {
             let _ = catch_unwind(AssertUnwindSafe(|| job(index)));
@@ -167,6 +189,33 @@ fn work(shared: &Shared, index: usize) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn workers_of_a_team_that_could_not_be_completed_exit() {
+        let handles = Mutex::new(Vec::new());
+        let spawn = |index: usize, body: Box<dyn FnOnce() + Send>| {
+            if index == 3 {
+                return Err(std::io::Error::other("no more threads"));
+            }
+            handles.lock().unwrap().push(std::thread::spawn(body));
+            Ok(())
+        };
+        // Worker 2 has just started (spinning), worker 1 has had time to park.
+        let slow = |index: usize, body: Box<dyn FnOnce() + Send>| {
+            if index == 2 {
+                std::thread::sleep(SPIN * 5);
+            }
+            spawn(index, body)
+        };
+        assert!(Team::new(4, &slow).is_none());
+        let deadline = Instant::now() + Duration::from_secs(10);
+        for handle in handles.into_inner().unwrap() {
+            while !handle.is_finished() {
+                assert!(Instant::now() < deadline, "a worker is still running");
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        }
+    }
 
     #[test]
     fn every_member_runs_once_per_job_and_callers_do_not_block_each_other() {

@@ -169,9 +169,11 @@ fn pack(starts: &[usize], x: &[f32], ps: &Range<usize>, ks: &Range<usize>, out: 
 /// # Safety
 /// `out` must point at `images * w.m * geo.positions()` f32s that outlive the call, with no
 /// other task writing this task's channels x positions of its image; `x` is the whole batch
-/// as [`phase_planes::prepare`] returned it.
+/// as [`phase_planes::prepare`] returned it, `starts` is `geo.row_starts()`.
+#[allow(clippy::too_many_arguments)]
 pub unsafe fn run_task(
     geo: &Geometry,
+    starts: &[usize],
     w: &Weights,
     x: &[f32],
     out: OutPtr,
@@ -190,7 +192,6 @@ pub unsafe fn run_task(
     // outputs, laid out as its (virtual) positions, scattered once at the end.
     let staged = blocks.len() > 1 && matches!(geo.rows(), Rows::Phased { .. });
     let width = task.positions.len().next_multiple_of(NR);
-    let starts = geo.row_starts();
     let mut runs = [(0, 0, 0); NR];
     SCRATCH.with(|scratch| {
         STAGING.with(|staging| {
@@ -201,7 +202,7 @@ pub unsafe fn run_task(
             };
             for (b, ks) in blocks.iter().enumerate() {
                 let packed = zeroed(&mut scratch, width * ks.len());
-                pack(&starts, x, &task.positions, ks, packed);
+                pack(starts, x, &task.positions, ks, packed);
                 let (first, last) = (b == 0, b + 1 == blocks.len());
                 // BLIS's loop order: a block of weight panels stays in L2 while each
                 // activation panel, in L1, meets every weight panel of the block.

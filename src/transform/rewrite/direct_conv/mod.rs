@@ -24,8 +24,7 @@ use super::phase_planes::{prepare, Geometry};
 
 use super::int8_conv::downsampled;
 use super::{
-    konst, on_tract_threads_in_runs, per_channel, plain_2d_conv, relu_input, sole_successor,
-    tract_threads,
+    konst, on_tract_threads_in_runs, plain_2d_conv, relu_input, sole_successor, tract_threads,
 };
 
 /// An f32 convolution (a `Conv`, or a 1x1 conv's `EinSum` with a stride taken from the
@@ -114,11 +113,14 @@ impl EvalOp for DirectConv {
             let tasks = kernel::tasks(g, self.weights.m, images, tract_threads());
             let fast = kernel::available();
             let x = &*prepare(g, x, 0.0);
+            let starts = &g.row_starts();
             on_tract_threads_in_runs(tasks, |run| {
                 for task in &run {
                     // SAFETY: `out` holds every image's channels x positions and outlives the
                     // scope; tasks cover disjoint channels x positions; `x` holds every image.
-                    unsafe { kernel::run_task(g, &self.weights, x, ptr, task, self.relu, fast) };
+                    unsafe {
+                        kernel::run_task(g, starts, &self.weights, x, ptr, task, self.relu, fast)
+                    };
                 }
             });
         }
@@ -207,11 +209,9 @@ fn conv_shape(model: &TypedModel, node: &TypedNode, conv: &Conv) -> TractResult<
     // One bias per channel, one for all, or none.
     let bias = match konst_f32(&facts, 2) {
         Some(b) if b.is_empty() => vec![0.0; m],
-        Some(_) => match per_channel::<f32>(&facts, 2, m) {
-            Some(b) => b,
-            None => return Ok(None),
-        },
-        None => return Ok(None),
+        Some(b) if b.len() == m => b,
+        Some(b) if b.len() == 1 => vec![b[0]; m],
+        _ => return Ok(None),
     };
     if weights.len() != m * geometry.depth() {
         return Ok(None);
@@ -535,6 +535,7 @@ mod tests {
                     unsafe {
                         run_task(
                             &geo,
+                            &geo.row_starts(),
                             &weights,
                             &xp,
                             OutPtr(out.as_mut_ptr()),

@@ -254,9 +254,9 @@ unsafe fn store(src: &[u8], dst: *mut u8) {
     }
 }
 
-/// Run one task: `x` is the whole input batch as [`prepare`] returned it, `out` the whole
-/// output batch
-/// (`[images, m, positions]` of u8, or of i32 without requantisation; `out_len` elements).
+/// Run one task: `x` is the whole input batch as [`prepare`] returned it (`starts` its
+/// `geo.row_starts()`), `out` the whole output batch (`[images, m, positions]` of u8, or of
+/// i32 without requantisation; `out_len` elements).
 ///
 /// # Safety
 /// `out` must point to `out_len` writable elements that no other task writes at the same
@@ -264,6 +264,7 @@ unsafe fn store(src: &[u8], dst: *mut u8) {
 #[allow(clippy::too_many_arguments)]
 pub unsafe fn run_task(
     geo: &Geometry,
+    starts: &[usize],
     w: &Weights,
     x: &[u8],
     out: OutPtr,
@@ -284,7 +285,6 @@ pub unsafe fn run_task(
         let packed = &mut *scratch;
         packed.resize(blocks * quads * NR * KQ, 0);
         let start = task.positions.start;
-        let starts = geo.row_starts();
         let row = |k: usize| {
             let &at = starts.get(k)?;
             image.get(at + start..at + start + len)
@@ -746,19 +746,44 @@ mod tests {
         let weights = Weights::new(&w, m, depth, &q).expect("no saturating pairs");
         let want = reference(&geo, &x, &w, &q);
         let xp = prepare(&geo, &x, q.x_zero);
+        let starts = geo.row_starts();
         for threads in [1, 3] {
             let got: Vec<i64> = if requantised {
                 let mut got = vec![0u8; want.len()];
                 for task in tasks(&geo, m, 1, threads) {
                     let ptr = OutPtr(got.as_mut_ptr());
-                    unsafe { run_task(&geo, &weights, &xp, ptr, want.len(), &task, None, fast) };
+                    unsafe {
+                        run_task(
+                            &geo,
+                            &starts,
+                            &weights,
+                            &xp,
+                            ptr,
+                            want.len(),
+                            &task,
+                            None,
+                            fast,
+                        )
+                    };
                 }
                 got.into_iter().map(i64::from).collect()
             } else {
                 let mut got = vec![0i32; want.len()];
                 for task in tasks(&geo, m, 1, threads) {
                     let ptr = OutPtr(got.as_mut_ptr() as *mut u8);
-                    unsafe { run_task(&geo, &weights, &xp, ptr, want.len(), &task, None, fast) };
+                    unsafe {
+                        run_task(
+                            &geo,
+                            &starts,
+                            &weights,
+                            &xp,
+                            ptr,
+                            want.len(),
+                            &task,
+                            None,
+                            fast,
+                        )
+                    };
                 }
                 got.into_iter().map(i64::from).collect()
             };

@@ -132,6 +132,7 @@ impl EvalOp for Int8Conv {
             let tasks = kernel::tasks(g, self.weights.m, images, tract_threads());
             let fast = kernel::available();
             let x = &*kernel::prepare(g, x, self.weights.x_zero);
+            let starts = &g.row_starts();
             on_tract_threads_in_runs(tasks, |run| {
                 for task in &run {
                     // SAFETY: `out` (and `sum`, `b`) hold `len` elements and outlive the scope;
@@ -139,6 +140,7 @@ impl EvalOp for Int8Conv {
                     unsafe {
                         kernel::run_task(
                             g,
+                            starts,
                             &self.weights,
                             x,
                             ptr,

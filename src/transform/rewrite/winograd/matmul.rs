@@ -157,6 +157,7 @@ impl WinogradMatMul {
         );
         let geo = Geometry::pointwise(c, (1, t), (1, 1), (1, t));
         let tasks = gemm::tasks(&geo, k, 1, 1);
+        let starts = geo.row_starts();
         // SAFETY: f32 has no invalid bit patterns, and the tasks write every element.
         let mut out = unsafe { Tensor::uninitialized::<f32>(&[weights.len(), k, t])? };
         {
@@ -171,7 +172,7 @@ impl WinogradMatMul {
                 for task in &tasks {
                     // SAFETY: `o` holds this position's K x tiles and outlives the call, the
                     // tasks cover it once; `x` is its C x tiles; the kernel was detected.
-                    unsafe { gemm::run_task(&geo, w, x, o, task, false, true) };
+                    unsafe { gemm::run_task(&geo, &starts, w, x, o, task, false, true) };
                 }
             }
         }
