@@ -13,6 +13,7 @@ pub mod int8_residual;
 pub mod max_pool;
 pub mod phase_planes;
 pub mod residual_add;
+pub mod runs;
 pub mod team;
 pub mod winograd;
 
@@ -232,57 +233,54 @@ pub(crate) fn tract_threads() -> usize {
 /// are split into one contiguous run per thread, so each thread gets one task however many
 /// items there are (rayon's per-item tasks cost more than a small transform plane).
 pub(crate) fn on_tract_threads<T: Send>(items: Vec<T>, f: impl Fn(T) + Sync) {
-    on_tract_threads_in_runs(items, |run| run.into_iter().for_each(&f));
+    on_tract_threads_in_runs(items, |run| run.for_each(&f));
 }
 
-/// [`on_tract_threads`], handing `f` each thread's run whole, so scratch space is set up once
-/// per run rather than once per item. The runs go to a [`team::Team`] of the plan's size,
-/// whose workers spin between regions, unless `RESNET_EDGE_SPIN=0` (then to tract's rayon
-/// pool, whose workers sleep between them).
-pub(crate) fn on_tract_threads_in_runs<T: Send>(items: Vec<T>, f: impl Fn(Vec<T>) + Sync) {
+/// [`on_tract_threads`], handing `f` each thread's items as one iterator, so scratch space is
+/// set up once per thread rather than once per item: its own run, then what it steals from
+/// the others' once that is done ([`runs::Runs`]; `RESNET_EDGE_STEAL=0` turns stealing off).
+/// The threads are a [`team::Team`] of the plan's size, whose workers spin between regions,
+/// unless `RESNET_EDGE_SPIN=0` (then tract's rayon pool, whose workers sleep between them).
+pub(crate) fn on_tract_threads_in_runs<T: Send>(
+    items: Vec<T>,
+    f: impl Fn(&mut dyn Iterator<Item = T>) + Sync,
+) {
     use tract_linalg::multithread::{current_tract_executor, Executor};
     let Executor::MultiThread(pool) = current_tract_executor() else {
-        return f(items);
+        return f(&mut items.into_iter());
     };
     let threads = pool.current_num_threads().max(1);
     if items.len() <= 1 || threads == 1 {
-        return f(items);
+        return f(&mut items.into_iter());
     }
-    let per_thread = items.len().div_ceil(threads);
-    let mut items = items.into_iter();
-    let mut runs = Vec::new();
-    loop {
-        let run: Vec<T> = items.by_ref().take(per_thread).collect();
-        if run.is_empty() {
-            break;
-        }
-        runs.push(run);
-    }
+    let runs = runs::Runs::new(items, threads, steal());
+    let work = |member: usize| f(&mut runs.claims(member));
     if let Some(team) = spin().then(|| team::Team::of(threads)).flatten() {
-        let runs: Vec<std::sync::Mutex<Option<Vec<T>>>> = runs
-            .into_iter()
-            .map(|r| std::sync::Mutex::new(Some(r)))
-            .collect();
-        team.run(&|i| {
-            let run = runs.get(i).and_then(|r| r.lock().ok()?.take());
-            if let Some(run) = run {
-                f(run);
-            }
-        });
-        return;
+        return team.run(&work);
     }
-    let f = &f;
+    let work = &work;
     pool.scope(|scope| {
-        for run in runs {
-            scope.spawn(move |_| f(run));
+        for member in 0..runs.threads() {
+            scope.spawn(move |_| work(member));
         }
     });
 }
 
-/// Whether our ops' threads spin between regions (`RESNET_EDGE_SPIN=0` says no), read once.
+/// Whether our ops' threads spin between regions (`RESNET_EDGE_SPIN=0` says no; see [`team`]).
 fn spin() -> bool {
     static SPIN: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *SPIN.get_or_init(|| std::env::var("RESNET_EDGE_SPIN").map_or(true, |v| v.trim() != "0"))
+    switch(&SPIN, "RESNET_EDGE_SPIN")
+}
+
+/// Whether threads steal from each other's runs (`RESNET_EDGE_STEAL=0` says no; see [`runs`]).
+fn steal() -> bool {
+    static STEAL: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    switch(&STEAL, "RESNET_EDGE_STEAL")
+}
+
+/// A switch read once per process: on unless the variable is `0`.
+fn switch(cell: &std::sync::OnceLock<bool>, name: &str) -> bool {
+    *cell.get_or_init(|| std::env::var(name).map_or(true, |v| v.trim() != "0"))
 }
 
 /// A constant input `i` (of the node whose input facts are `facts`) as a flat vector of `T`.

@@ -115,11 +115,11 @@ impl EvalOp for DirectConv {
             let x = &*prepare(g, x, 0.0);
             let starts = &g.row_starts();
             on_tract_threads_in_runs(tasks, |run| {
-                for task in &run {
+                for task in run {
                     // SAFETY: `out` holds every image's channels x positions and outlives the
                     // scope; tasks cover disjoint channels x positions; `x` holds every image.
                     unsafe {
-                        kernel::run_task(g, starts, &self.weights, x, ptr, task, self.relu, fast)
+                        kernel::run_task(g, starts, &self.weights, x, ptr, &task, self.relu, fast)
                     };
                 }
             });

@@ -134,7 +134,7 @@ impl EvalOp for Int8Conv {
             let x = &*kernel::prepare(g, x, self.weights.x_zero);
             let starts = &g.row_starts();
             on_tract_threads_in_runs(tasks, |run| {
-                for task in &run {
+                for task in run {
                     // SAFETY: `out` (and `sum`, `b`) hold `len` elements and outlive the scope;
                     // tasks cover disjoint channels x positions.
                     unsafe {
@@ -145,7 +145,7 @@ impl EvalOp for Int8Conv {
                             x,
                             ptr,
                             len,
-                            task,
+                            &task,
                             epilogue.as_ref(),
                             fast,
                         )

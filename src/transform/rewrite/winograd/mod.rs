@@ -180,7 +180,7 @@ impl EvalOp for WinogradInput {
 /// one phase-split scratch for the whole run (its zero padding is never overwritten).
 fn input_channels<V: Variant>(
     (op, x, [n, c, h, w], geometry): (&WinogradInput, &[f32], [usize; 4], Geometry),
-    run: Vec<(usize, Vec<&mut [f32]>)>,
+    run: &mut dyn Iterator<Item = (usize, Vec<&mut [f32]>)>,
 ) {
     let mut phases = Phases::new::<V>(op.tiles);
     let per_image = op.tiles.0 * op.tiles.1;
