@@ -64,12 +64,14 @@ pub struct Weights {
     pub requant: Option<Requant>,
 }
 
-/// Accumulator to u8: `clamp(round(acc * multiplier[m]) + y_zero, 0, 255)`.
+/// Accumulator to u8: `clamp(round((acc + offset[m]) * multiplier[m]) + y_zero, 0, 255)`.
 #[derive(Debug)]
 pub struct Requant {
-    /// `x_scale * w_scale[m] / y_scale`.
-    multiplier: Vec<f32>,
     y_zero: i32,
+    /// Per channel group, each row's `(offset, multiplier)` (`multiplier` is
+    /// `x_scale * w_scale[m] / y_scale`), rows past `m` repeating the last channel: gathered
+    /// once at load rather than for every block.
+    consts: Vec<[(i32, f32); MR]>,
 }
 
 /// The quantisation of one `QLinearConv` (or `MatMulInteger`, without `y`), as its inputs
@@ -121,9 +123,17 @@ impl Weights {
                 if multiplier.len() != m || multiplier.iter().any(|v| !v.is_finite()) {
                     return None;
                 }
+                let consts = (0..groups)
+                    .map(|g| {
+                        std::array::from_fn(|r| {
+                            let ch = (g * MR + r).min(m - 1);
+                            (offset[ch], multiplier[ch])
+                        })
+                    })
+                    .collect();
                 Some(Requant {
-                    multiplier,
                     y_zero: y_zero as i32,
+                    consts,
                 })
             }
         };
@@ -301,14 +311,13 @@ pub unsafe fn run_task(
             for g in task.groups.clone() {
                 let wg = w.group(g);
                 let channels = g * MR..((g + 1) * MR).min(w.m);
-                // The group's requantisation constants (rows past `m` repeat the last channel).
-                let consts = w.requant.as_ref().map(|rq| {
-                    let consts: [(i32, f32); MR] = std::array::from_fn(|r| {
-                        let ch = (g * MR + r).min(w.m - 1);
-                        (w.offset[ch], rq.multiplier[ch])
-                    });
-                    (consts, rq.y_zero)
-                });
+                let consts = match &w.requant {
+                    Some(rq) => match rq.consts.get(g) {
+                        Some(consts) => Some((consts, rq.y_zero)),
+                        None => continue,
+                    },
+                    None => None,
+                };
                 #[cfg(target_arch = "x86_64")]
                 if let (Some(e), Some((consts, y_zero)), true, [(0, pos, NR)]) =
                     (epilogue, &consts, fast, &runs[..count])
@@ -326,6 +335,27 @@ pub unsafe fn run_task(
                             &consts[..channels.len()],
                             *y_zero,
                             e,
+                            out,
+                            &at,
+                        )
+                    };
+                    continue;
+                }
+                #[cfg(target_arch = "x86_64")]
+                if let (None, Some((consts, y_zero)), true, [(0, pos, NR)]) =
+                    (epilogue, &consts, fast, &runs[..count])
+                {
+                    // The same without a join: requantised and stored from the registers.
+                    let at: [usize; MR] = std::array::from_fn(|r| base + (g * MR + r) * p + pos);
+                    debug_assert!(at[channels.len() - 1] + NR <= out_len);
+                    // SAFETY: AVX2 (`fast`), the rows' ranges in bounds (above) and this task's.
+                    unsafe {
+                        avx2::microkernel_stored(
+                            xb.as_ptr(),
+                            wg.as_ptr(),
+                            quads,
+                            &consts[..channels.len()],
+                            *y_zero,
                             out,
                             &at,
                         )
@@ -581,6 +611,28 @@ mod avx2 {
         let c = accumulate_block(x, w, quads, half);
         for ((c, out), &(offset, multiplier)) in c.iter().zip(out.iter_mut()).zip(consts) {
             store_requantised(c[0], c[1], offset, multiplier, y_zero, out);
+        }
+    }
+
+    /// [`microkernel_requantised`] storing row `r` (of `consts.len()`) straight to
+    /// `out + at[r]`, 16 bytes.
+    ///
+    /// # Safety
+    /// AVX2; `x`, `w` as [`accumulate`]; each row's 16 bytes writable.
+    #[target_feature(enable = "avx2")]
+    pub unsafe fn microkernel_stored(
+        x: *const u8,
+        w: *const i8,
+        quads: usize,
+        consts: &[(i32, f32)],
+        y_zero: i32,
+        out: OutPtr,
+        at: &[usize; MR],
+    ) {
+        let c = accumulate::<2>(x, w, quads);
+        for ((c, &(offset, multiplier)), &at) in c.iter().zip(consts).zip(at) {
+            let row = &mut *(out.0.add(at) as *mut [u8; NR]);
+            store_requantised(c[0], c[1], offset, multiplier, y_zero, row);
         }
     }
 
