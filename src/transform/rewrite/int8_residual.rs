@@ -161,7 +161,7 @@ pub(crate) fn join(op: &Int8ResidualAdd, a: &[u8], b: B, q: &mut [u8], s: Option
 
 #[cfg(target_arch = "x86_64")]
 pub(crate) mod avx2 {
-    use super::{join_generic, Dequant, Int8ResidualAdd, B};
+    use super::{Dequant, Int8ResidualAdd, B};
     use std::arch::x86_64::*;
 
     /// Eight u8 at `p`, widened to i32 lanes.
@@ -232,9 +232,39 @@ pub(crate) mod avx2 {
             );
             i += 8;
         }
-        let b = b.range(i, n - i);
-        let s = s_ptr.map(|p| std::slice::from_raw_parts_mut(p.add(i), n - i));
-        join_generic(op, &a[i..], b, &mut q[i..], s);
+        if i == n {
+            return;
+        }
+        // The last 1-7 elements as one more vector step through zero-padded copies (the scalar
+        // rounding of `join_generic` is a libm call per element here).
+        let rest = n - i;
+        let mut ta = [0u8; 8];
+        ta[..rest].copy_from_slice(&a[i..n]);
+        let db = match b {
+            B::Quantised(b, d) => {
+                let mut tb = [0u8; 8];
+                tb[..rest].copy_from_slice(&b[i..n]);
+                dequantise(load_u8x8(tb.as_ptr()), d)
+            }
+            B::Float(b) => {
+                let mut tb = [0f32; 8];
+                tb[..rest].copy_from_slice(&b[i..n]);
+                _mm256_loadu_ps(tb.as_ptr())
+            }
+        };
+        let mut ts = [0f32; 8];
+        let sum = s_ptr.map(|_| ts.as_mut_ptr());
+        let y = join8(op, dequantise(load_u8x8(ta.as_ptr()), op.a), db, sum);
+        let words = _mm_packs_epi32(_mm256_castsi256_si128(y), _mm256_extracti128_si256(y, 1));
+        let mut tq = [0u8; 16];
+        _mm_storeu_si128(
+            tq.as_mut_ptr() as *mut __m128i,
+            _mm_packus_epi16(words, words),
+        );
+        q[i..n].copy_from_slice(&tq[..rest]);
+        if let Some(s) = s_ptr {
+            std::ptr::copy_nonoverlapping(ts.as_ptr(), s.add(i), rest);
+        }
     }
 }
 
