@@ -229,7 +229,8 @@ pub unsafe fn run_task(
                                     ldc: p,
                                     rows: MR.min(w.m - g * MR),
                                     runs: &runs[..count],
-                                    half: n <= NR / 2,
+                                    // Only the first 8 lanes are stored.
+                                    half: runs[..count].iter().all(|&(j, _, l)| j + l <= NR / 2),
                                 }
                             };
                             let epilogue = last.then_some((&w.bias[g * MR..][..MR], relu));

@@ -492,6 +492,8 @@ mod tests {
             (8, 4, 20, 6, 1, 1, 0),
             (70, 9, 11, 13, 3, 1, 1),
             (3, 19, 17, 8, 7, 2, 3),
+            // Planes a whole number of blocks wide (32 for 24 outputs), over two depth blocks.
+            (40, 3, 24, 7, 3, 1, 1),
         ] {
             let out = |n: usize| (n + 2 * pad - kk) / s + 1;
             let geo = Geometry {

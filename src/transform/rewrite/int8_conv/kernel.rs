@@ -362,7 +362,8 @@ pub unsafe fn run_task(
                     };
                     continue;
                 }
-                let half = n <= NR / 2;
+                // Only the first 8 lanes are stored: a half-width call.
+                let half = runs[..count].iter().all(|&(j, _, run)| j + run <= NR / 2);
                 match &consts {
                     Some((consts, y_zero)) => {
                         requantised(xb, wg, quads, half, consts, *y_zero, &mut bytes, fast)
@@ -865,6 +866,17 @@ mod tests {
                 },
                 6,
             ),
+            // Planes a whole number of blocks wide (32 for 24 outputs).
+            (
+                Geometry {
+                    chw: (3, 3, 24),
+                    kernel: (3, 3),
+                    stride: (1, 1),
+                    pad: (1, 1),
+                    out: (3, 24),
+                },
+                7,
+            ),
             // 3x3 unpadded ("valid"): the padded planes are the input itself.
             (
                 Geometry {
@@ -924,6 +936,16 @@ mod tests {
 
     #[test]
     fn scalar_kernel_matches_the_definition() {
+        // Both plane layouts (see `Geometry::rows`) are among them: widened to whole blocks
+        // or not.
+        let widened: Vec<bool> = geometries()
+            .iter()
+            .filter_map(|(g, _)| match g.rows() {
+                Rows::Phased { wq, .. } => Some(wq > g.out.1 + (g.kernel.1 - 1) / g.stride.1),
+                Rows::Pointwise => None,
+            })
+            .collect();
+        assert!(widened.contains(&true) && widened.contains(&false));
         for (geo, m) in geometries() {
             check(geo.clone(), m, true, false);
             check(geo, m, false, false);
