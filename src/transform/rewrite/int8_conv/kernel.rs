@@ -319,46 +319,24 @@ pub unsafe fn run_task(
                     None => None,
                 };
                 #[cfg(target_arch = "x86_64")]
-                if let (Some(e), Some((consts, y_zero)), true, [(0, pos, NR)]) =
-                    (epilogue, &consts, fast, &runs[..count])
+                if let (Some((consts, y_zero)), true, [(0, pos, NR)]) =
+                    (&consts, fast, &runs[..count])
                 {
-                    // A whole block of one output row: requantised, joined and stored
-                    // straight from the registers.
+                    // A whole block of one output row: requantised, joined if there is a join,
+                    // and stored straight from the registers.
                     let at: [usize; MR] = std::array::from_fn(|r| base + (g * MR + r) * p + pos);
                     debug_assert!(at[channels.len() - 1] + NR <= out_len);
+                    let (xp, wp, consts) = (xb.as_ptr(), wg.as_ptr(), &consts[..channels.len()]);
                     // SAFETY: AVX2 (`fast`), the rows' ranges in bounds (above) and this task's.
                     unsafe {
-                        avx2::microkernel_joined(
-                            xb.as_ptr(),
-                            wg.as_ptr(),
-                            quads,
-                            &consts[..channels.len()],
-                            *y_zero,
-                            e,
-                            out,
-                            &at,
-                        )
-                    };
-                    continue;
-                }
-                #[cfg(target_arch = "x86_64")]
-                if let (None, Some((consts, y_zero)), true, [(0, pos, NR)]) =
-                    (epilogue, &consts, fast, &runs[..count])
-                {
-                    // The same without a join: requantised and stored from the registers.
-                    let at: [usize; MR] = std::array::from_fn(|r| base + (g * MR + r) * p + pos);
-                    debug_assert!(at[channels.len() - 1] + NR <= out_len);
-                    // SAFETY: AVX2 (`fast`), the rows' ranges in bounds (above) and this task's.
-                    unsafe {
-                        avx2::microkernel_stored(
-                            xb.as_ptr(),
-                            wg.as_ptr(),
-                            quads,
-                            &consts[..channels.len()],
-                            *y_zero,
-                            out,
-                            &at,
-                        )
+                        match epilogue {
+                            Some(e) => avx2::microkernel_joined(
+                                xp, wp, quads, consts, *y_zero, e, out, &at,
+                            ),
+                            None => {
+                                avx2::microkernel_stored(xp, wp, quads, consts, *y_zero, out, &at)
+                            }
+                        }
                     };
                     continue;
                 }
@@ -801,43 +779,20 @@ mod tests {
         let xp = prepare(&geo, &x, q.x_zero);
         let starts = geo.row_starts();
         for threads in [1, 3] {
+            // Every task of the conv into `out` (u8 or i32 elements).
+            let run_all = |out: OutPtr| {
+                for task in tasks(&geo, m, 1, threads) {
+                    let len = want.len();
+                    unsafe { run_task(&geo, &starts, &weights, &xp, out, len, &task, None, fast) };
+                }
+            };
             let got: Vec<i64> = if requantised {
                 let mut got = vec![0u8; want.len()];
-                for task in tasks(&geo, m, 1, threads) {
-                    let ptr = OutPtr(got.as_mut_ptr());
-                    unsafe {
-                        run_task(
-                            &geo,
-                            &starts,
-                            &weights,
-                            &xp,
-                            ptr,
-                            want.len(),
-                            &task,
-                            None,
-                            fast,
-                        )
-                    };
-                }
+                run_all(OutPtr(got.as_mut_ptr()));
                 got.into_iter().map(i64::from).collect()
             } else {
                 let mut got = vec![0i32; want.len()];
-                for task in tasks(&geo, m, 1, threads) {
-                    let ptr = OutPtr(got.as_mut_ptr() as *mut u8);
-                    unsafe {
-                        run_task(
-                            &geo,
-                            &starts,
-                            &weights,
-                            &xp,
-                            ptr,
-                            want.len(),
-                            &task,
-                            None,
-                            fast,
-                        )
-                    };
-                }
+                run_all(OutPtr(got.as_mut_ptr() as *mut u8));
                 got.into_iter().map(i64::from).collect()
             };
             let off = want.iter().zip(&got).filter(|(a, b)| a != b).count();
