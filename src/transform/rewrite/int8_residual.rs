@@ -219,52 +219,60 @@ pub(crate) mod avx2 {
         let s_ptr = s.map(|s| s.as_mut_ptr());
         let mut i = 0;
         while i + 8 <= n {
-            let da = dequantise(load_u8x8(a.as_ptr().add(i)), op.a);
-            let db = match b {
-                B::Quantised(b, d) => dequantise(load_u8x8(b.as_ptr().add(i)), d),
-                B::Float(b) => _mm256_loadu_ps(b.as_ptr().add(i)),
-            };
-            let y = join8(op, da, db, s_ptr.map(|s| s.add(i)));
-            let words = _mm_packs_epi32(_mm256_castsi256_si128(y), _mm256_extracti128_si256(y, 1));
-            _mm_storel_epi64(
-                q.as_mut_ptr().add(i) as *mut __m128i,
-                _mm_packus_epi16(words, words),
-            );
+            let (s, q) = (s_ptr.map(|s| s.add(i)), q.as_mut_ptr().add(i));
+            step8(op, a.as_ptr().add(i), b, i, s, q);
             i += 8;
         }
         if i == n {
             return;
         }
-        // The last 1-7 elements as one more vector step through zero-padded copies (the scalar
+        // The last 1-7 elements as one more step through zero-padded copies (the scalar
         // rounding of `join_generic` is a libm call per element here).
         let rest = n - i;
         let mut ta = [0u8; 8];
         ta[..rest].copy_from_slice(&a[i..n]);
-        let db = match b {
+        let (mut tb, mut tf) = ([0u8; 8], [0f32; 8]);
+        let b = match b {
             B::Quantised(b, d) => {
-                let mut tb = [0u8; 8];
                 tb[..rest].copy_from_slice(&b[i..n]);
-                dequantise(load_u8x8(tb.as_ptr()), d)
+                B::Quantised(&tb, d)
             }
             B::Float(b) => {
-                let mut tb = [0f32; 8];
-                tb[..rest].copy_from_slice(&b[i..n]);
-                _mm256_loadu_ps(tb.as_ptr())
+                tf[..rest].copy_from_slice(&b[i..n]);
+                B::Float(&tf)
             }
         };
-        let mut ts = [0f32; 8];
+        let (mut ts, mut tq) = ([0f32; 8], [0u8; 8]);
         let sum = s_ptr.map(|_| ts.as_mut_ptr());
-        let y = join8(op, dequantise(load_u8x8(ta.as_ptr()), op.a), db, sum);
-        let words = _mm_packs_epi32(_mm256_castsi256_si128(y), _mm256_extracti128_si256(y, 1));
-        let mut tq = [0u8; 16];
-        _mm_storeu_si128(
-            tq.as_mut_ptr() as *mut __m128i,
-            _mm_packus_epi16(words, words),
-        );
+        step8(op, ta.as_ptr(), b, 0, sum, tq.as_mut_ptr());
         q[i..n].copy_from_slice(&tq[..rest]);
         if let Some(s) = s_ptr {
             std::ptr::copy_nonoverlapping(ts.as_ptr(), s.add(i), rest);
         }
+    }
+
+    /// One step of [`join`]: eight elements of `a` at `a`, of `b` from index `at`, the sum to
+    /// `s` when given, the u8 result to `q`.
+    ///
+    /// # Safety
+    /// AVX2; eight elements readable at `a`, in `b` from `at`, writable at `s` and `q`.
+    #[inline(always)]
+    unsafe fn step8(
+        op: &Int8ResidualAdd,
+        a: *const u8,
+        b: B,
+        at: usize,
+        s: Option<*mut f32>,
+        q: *mut u8,
+    ) {
+        let da = dequantise(load_u8x8(a), op.a);
+        let db = match b {
+            B::Quantised(b, d) => dequantise(load_u8x8(b.as_ptr().add(at)), d),
+            B::Float(b) => _mm256_loadu_ps(b.as_ptr().add(at)),
+        };
+        let y = join8(op, da, db, s);
+        let words = _mm_packs_epi32(_mm256_castsi256_si128(y), _mm256_extracti128_si256(y, 1));
+        _mm_storel_epi64(q as *mut __m128i, _mm_packus_epi16(words, words));
     }
 }
 
