@@ -196,6 +196,10 @@ pub struct QuantizeArgs {
     /// Leave these convs / FC layers (node names, `*` globs) in f32.
     #[arg(long)]
     pub keep_f32: Vec<String>,
+    /// Residual adds read the float block outputs, not their uint8 copies (slower joins,
+    /// slightly closer to f32).
+    #[arg(long)]
+    pub float_residuals: bool,
     /// Leave ONNX BatchNormalization nodes unfolded (they then stay float).
     #[arg(long)]
     pub no_fold_batchnorm: bool,
@@ -222,6 +226,7 @@ fn quantize(args: QuantizeArgs) -> Result<()> {
         method: args.method,
         percentile: args.percentile,
         keep_f32: args.keep_f32.clone(),
+        float_residuals: args.float_residuals,
         eval: args.eval.clone(),
         classifier: ClassifierOptions {
             load: LoadOptions {

@@ -39,6 +39,9 @@ pub struct QuantizeOptions {
     pub percentile: f64,
     /// Convs / FC layers (node names, `*` globs) to leave in float.
     pub keep_f32: Vec<String>,
+    /// Residual adds read the float block outputs instead of their uint8 copies: a little
+    /// more accuracy, a slower join (four bytes per element read and written, not one).
+    pub float_residuals: bool,
     /// Images to compare the artifact with the float model on. Empty: every fifth calibration
     /// image is held out of calibration for it.
     pub eval: Vec<PathBuf>,
@@ -56,6 +59,7 @@ impl Default for QuantizeOptions {
             // per image), the usual default of percentile calibration (TensorRT, onnxruntime).
             percentile: 99.99,
             keep_f32: vec![],
+            float_residuals: false,
             eval: vec![],
             classifier: ClassifierOptions::default(),
             progress: false,
@@ -168,14 +172,14 @@ pub fn quantize_int8(
         .collect();
 
     // Write the artifact, then a probed twin to measure per-layer error.
-    let mut artifact = rewritten(&source, &analysis, &params, false)
+    let mut artifact = rewritten(&source, &analysis, &params, options, false)
         .map_err(|e| Error::file(model, format!("quantising: {e:#}")))?;
     add_metadata(&mut artifact, model, options, calib_inputs.len());
     let bytes = prost::Message::encode_to_vec(&artifact);
     std::fs::write(out, &bytes).map_err(|e| Error::file(out, e))?;
     copy_manifest(model, out)?;
 
-    let probed = rewritten(&source, &analysis, &params, true)
+    let probed = rewritten(&source, &analysis, &params, options, true)
         .map_err(|e| Error::file(model, format!("quantising: {e:#}")))?;
     let probed = SourceProto {
         proto: probed,
@@ -281,6 +285,7 @@ fn rewritten(
     source: &SourceProto,
     analysis: &Analysis,
     params: &HashMap<String, QParams>,
+    options: &QuantizeOptions,
     probes: bool,
 ) -> anyhow::Result<ModelProto> {
     let mut proto = source.proto.clone();
@@ -297,6 +302,7 @@ fn rewritten(
             params,
             read: &read,
             probes,
+            float_residuals: options.float_residuals,
         },
     )?;
     for opset in proto.opset_import.iter_mut() {
@@ -317,6 +323,12 @@ fn add_metadata(proto: &mut ModelProto, model: &Path, options: &QuantizeOptions,
     };
     set("resnet-edge.precision", "int8".into());
     set("resnet-edge.calibration", options.method.to_string());
+    let residuals = if options.float_residuals {
+        "float"
+    } else {
+        "uint8"
+    };
+    set("resnet-edge.residuals", residuals.into());
     set("resnet-edge.calibration_images", images.to_string());
     set(
         "resnet-edge.source",

@@ -224,6 +224,9 @@ pub struct Rewrite<'a> {
     pub read: &'a dyn Fn(&TensorProto) -> anyhow::Result<Vec<f32>>,
     /// Also output every conv's (dequantised) result as `<tensor>.probe`, for per-layer error.
     pub probes: bool,
+    /// Residual adds read the float block outputs; by default they read the uint8 copies the
+    /// next convs read, as onnxruntime's `QLinearAdd` does.
+    pub float_residuals: bool,
 }
 
 /// Names of the probe outputs [`rewrite`] adds, by the float tensor they mirror.
@@ -272,6 +275,23 @@ impl Emitter {
         self.node("QuantizeLinear", &[name, &s, &z], &q);
         self.quantized.insert(name.into(), (q.clone(), p));
         Ok((q, p))
+    }
+
+    /// A float copy of `name` dequantised from its uint8 version, when it has one (besides
+    /// its float self): a residual join reading it takes one byte per element, not four, and
+    /// the block that computed it need not keep its float sum.
+    fn dequantized(&mut self, name: &str) -> Option<String> {
+        if !self.float.contains(name) {
+            return None;
+        }
+        let (q, _) = self.quantized.get(name).cloned()?;
+        let dq = format!("{name}.dq");
+        if !self.float.contains(&dq) {
+            let (s, z) = (format!("{q}.scale"), format!("{q}.zero_point"));
+            self.node("DequantizeLinear", &[&q, &s, &z], &dq);
+            self.float.insert(dq.clone());
+        }
+        Some(dq)
     }
 
     /// Make float tensor `name` available, dequantising it if it only exists as uint8.
@@ -543,6 +563,14 @@ pub fn rewrite(graph: &mut GraphProto, rw: &Rewrite) -> anyhow::Result<()> {
             e.quantized.insert(node.output[0].clone(), (out, p));
             continue;
         }
+        let mut node = node.clone();
+        if node.op_type == "Add" && !rw.float_residuals {
+            for input in node.input.iter_mut() {
+                if let Some(dq) = e.dequantized(input) {
+                    *input = dq;
+                }
+            }
+        }
         for input in &node.input {
             e.float(input);
         }
@@ -641,6 +669,85 @@ mod tests {
         assert_eq!(q, vec![0, 0]);
         let b = quantize_bias(&bias, 0.01, &s).unwrap();
         assert!(b[0].unsigned_abs() <= 1 << 24, "{b:?}");
+    }
+
+    /// `y = Add(Conv(x), x)`, the shape of an identity-shortcut block: `x` is float (a graph
+    /// input, as a block output is) and quantised for the conv.
+    fn identity_block() -> GraphProto {
+        let conv = NodeProto {
+            op_type: "Conv".into(),
+            input: vec!["x".into(), "w".into()],
+            output: vec!["c".into()],
+            ..NodeProto::default()
+        };
+        let add = NodeProto {
+            op_type: "Add".into(),
+            input: vec!["c".into(), "x".into()],
+            output: vec!["y".into()],
+            ..NodeProto::default()
+        };
+        let value = |name: &str| ValueInfoProto {
+            name: name.into(),
+            ..ValueInfoProto::default()
+        };
+        GraphProto {
+            node: vec![conv, add],
+            initializer: vec![tensor(
+                "w",
+                &[1, 1, 1, 1],
+                DataType::Float,
+                f32_bytes(&[0.5]),
+            )],
+            input: vec![value("x")],
+            output: vec![value("y")],
+            ..GraphProto::default()
+        }
+    }
+
+    /// The inputs of the rewritten block's `Add`, and the op of the node writing each.
+    fn add_inputs(float_residuals: bool) -> Vec<(String, String)> {
+        let mut graph = identity_block();
+        let analysis = analyse(&graph, &|_| false);
+        let p = QParams {
+            scale: 0.1,
+            zero_point: 0,
+        };
+        let params = analysis.observed.iter().map(|n| (n.clone(), p)).collect();
+        let read = |t: &TensorProto| -> anyhow::Result<Vec<f32>> {
+            Ok(t.raw_data
+                .chunks(4)
+                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                .collect())
+        };
+        let rw = Rewrite {
+            analysis: &analysis,
+            params: &params,
+            read: &read,
+            probes: false,
+            float_residuals,
+        };
+        rewrite(&mut graph, &rw).unwrap();
+        let add = graph.node.iter().find(|n| n.op_type == "Add").unwrap();
+        add.input
+            .iter()
+            .map(|i| {
+                let writer = graph.node.iter().find(|n| n.output.contains(i));
+                (
+                    i.clone(),
+                    writer.map_or("input".into(), |n| n.op_type.clone()),
+                )
+            })
+            .collect()
+    }
+
+    #[test]
+    fn residual_adds_read_the_uint8_copy_unless_asked_for_float() {
+        let dq = |name: &str| (name.to_string(), "DequantizeLinear".to_string());
+        assert_eq!(add_inputs(false), vec![dq("c"), dq("x.dq")]);
+        assert_eq!(
+            add_inputs(true),
+            vec![dq("c"), ("x".into(), "input".into())]
+        );
     }
 
     #[test]

@@ -5,8 +5,9 @@
 //! at a time: on ResNet-50 int8 (AVX2) `profile` gave the 17 quantise nodes 14.3 ms, the
 //! dequantise nodes 4.2 ms and the add + ReLU 3.6 ms, against 87.5 ms for all the convs. The
 //! fused op does the same f32 arithmetic in the same order (so its outputs are tract's, bit
-//! for bit). Where the f32 sum is used again (our quantiser keeps identity shortcuts in f32,
-//! so the next block adds it), the op also writes it, as a second output.
+//! for bit). Where the f32 sum is used again (artifacts quantised with `--float-residuals`
+//! keep identity shortcuts in f32, so the next block adds it), the op also writes it, as a
+//! second output.
 
 use tract_core::internal::*;
 use tract_core::ops::binary::TypedBinOp;
