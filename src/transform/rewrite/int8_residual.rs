@@ -14,7 +14,7 @@ use tract_core::ops::binary::TypedBinOp;
 use tract_core::ops::element_wise::ElementWiseOp;
 use tract_core::ops::quant::{DequantizeLinearF32, QuantizeLinearU8};
 
-use super::int8_conv::Int8Conv;
+use super::int8_conv::{Int8Conv, Packed};
 use super::{on_tract_threads, relu_input, sole_successor};
 
 /// `(q - zero) * scale` of one u8 input.
@@ -352,7 +352,7 @@ fn fusable_conv(
     let only_reader =
         |outlet, reader: usize| sole_successor(model, outlet).is_some_and(|s| s.id == reader);
     (conv.join.is_none()
-        && conv.weights.requant.is_some()
+        && matches!(&conv.weights, Packed::Blocked(w) if w.requant.is_some())
         && only_reader(a, dequantised.node)
         && only_reader(dequantised, add.node))
     .then_some(conv)

@@ -715,12 +715,12 @@ mod avx2 {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::transform::rewrite::test_bytes as bytes;
 
     /// The convolution straight from its definition, in i64.
-    fn reference(geo: &Geometry, x: &[u8], w: &[i8], q: &QParams) -> Vec<i64> {
+    pub(crate) fn reference(geo: &Geometry, x: &[u8], w: &[i8], q: &QParams) -> Vec<i64> {
         let (c, h, wd) = geo.chw;
         let (kh, kw) = geo.kernel;
         let m = q.bias.len();

@@ -7,6 +7,7 @@
 //! with `vpmaddubsw` and requantises in its epilogue. On ARM tract's integer kernels (SMLAL,
 //! SDOT) are its strong side, so the rule fires only where the AVX2 kernel runs.
 
+pub mod channels_last;
 pub mod kernel;
 
 use tract_core::internal::*;
@@ -14,6 +15,7 @@ use tract_core::ops::cnn::Conv;
 use tract_core::ops::einsum::EinSum;
 use tract_core::ops::Downsample;
 
+use channels_last::ChannelsLast;
 use kernel::{Epilogue, Geometry, OutPtr, QParams, Weights};
 
 use super::int8_residual::Int8ResidualAdd;
@@ -24,7 +26,7 @@ use super::{konst, on_tract_threads_in_runs, per_channel, plain_2d_conv, tract_t
 #[derive(Debug, Clone)]
 pub struct Int8Conv {
     pub geometry: Geometry,
-    pub weights: Arc<Weights>,
+    pub weights: Packed,
     /// The shapes tract gave the replaced node (NCHW, CHW, or `[N, classes]`).
     pub input_shape: TVec<usize>,
     pub output_shape: TVec<usize>,
@@ -35,9 +37,45 @@ pub struct Int8Conv {
     pub join: Option<Int8ResidualAdd>,
 }
 
+/// The weights, packed for the kernel that runs the conv.
+#[derive(Debug, Clone)]
+pub enum Packed {
+    /// [`kernel`]: 4 channels x 16 positions of the NCHW phase planes per call.
+    Blocked(Arc<Weights>),
+    /// [`channels_last`]: 16 channels x 4 positions of an NHWC copy per call, for KxK convs
+    /// whose output no join reads (a join fuses into the blocked kernel's epilogue).
+    ChannelsLast(Arc<ChannelsLast>),
+}
+
+impl Packed {
+    /// Output channels.
+    pub fn m(&self) -> usize {
+        match self {
+            Packed::Blocked(w) => w.m,
+            Packed::ChannelsLast(c) => c.m,
+        }
+    }
+
+    /// u8 outputs (i32 accumulators without).
+    pub fn requantised(&self) -> bool {
+        match self {
+            Packed::Blocked(w) => w.requant.is_some(),
+            Packed::ChannelsLast(_) => true,
+        }
+    }
+
+    fn same(&self, other: &Packed) -> bool {
+        match (self, other) {
+            (Packed::Blocked(a), Packed::Blocked(b)) => Arc::ptr_eq(a, b),
+            (Packed::ChannelsLast(a), Packed::ChannelsLast(b)) => Arc::ptr_eq(a, b),
+            _ => false,
+        }
+    }
+}
+
 impl PartialEq for Int8Conv {
     fn eq(&self, other: &Self) -> bool {
-        Arc::ptr_eq(&self.weights, &other.weights)
+        self.weights.same(&other.weights)
             && self.input_shape == other.input_shape
             && self.join == other.join
     }
@@ -49,11 +87,11 @@ impl Int8Conv {
     /// Multiply-accumulates of the whole batch.
     pub fn macs(&self) -> u64 {
         let elements = self.input_shape.iter().product();
-        self.geometry.macs(elements, self.weights.m)
+        self.geometry.macs(elements, self.weights.m())
     }
 
     fn output_type(&self) -> DatumType {
-        if self.weights.requant.is_some() {
+        if self.weights.requantised() {
             u8::datum_type()
         } else {
             i32::datum_type()
@@ -73,7 +111,11 @@ impl Op for Int8Conv {
         let g = &self.geometry;
         Ok(vec![format!(
             "{}x{} stride {:?}, {} -> {} channels",
-            g.kernel.0, g.kernel.1, g.stride, g.chw.0, self.weights.m
+            g.kernel.0,
+            g.kernel.1,
+            g.stride,
+            g.chw.0,
+            self.weights.m()
         )])
     }
 
@@ -107,7 +149,7 @@ impl EvalOp for Int8Conv {
         {
             let mut view = out.try_as_plain_ram_mut()?;
             let len = view.len();
-            ensure!(len == images * self.weights.m * g.positions());
+            ensure!(len == images * self.weights.m() * g.positions());
             let ptr = OutPtr(view.as_bytes_mut().as_mut_ptr());
             let mut sum_view = sum.try_as_plain_ram_mut()?;
             let sum_ptr = OutPtr(sum_view.as_bytes_mut().as_mut_ptr());
@@ -129,26 +171,24 @@ impl EvalOp for Int8Conv {
                 (None, _) => None,
                 (Some(_), None) => bail!("Int8Conv+Join given no residual"),
             };
-            let tasks = kernel::tasks(g, self.weights.m, images, tract_threads());
             let fast = kernel::available();
-            let x = &*kernel::prepare(g, x, self.weights.x_zero);
+            let w = match &self.weights {
+                Packed::Blocked(w) => w,
+                Packed::ChannelsLast(cl) => {
+                    ensure!(epilogue.is_none(), "a join fused into a channels-last conv");
+                    run_channels_last(cl, x, g.input_len(), images, ptr, fast);
+                    return Ok(tvec!(out.into_tvalue()));
+                }
+            };
+            let tasks = kernel::tasks(g, w.m, images, tract_threads());
+            let x = &*kernel::prepare(g, x, w.x_zero);
             let starts = &g.row_starts();
             on_tract_threads_in_runs(tasks, |run| {
                 for task in run {
                     // SAFETY: `out` (and `sum`, `b`) hold `len` elements and outlive the scope;
                     // tasks cover disjoint channels x positions.
                     unsafe {
-                        kernel::run_task(
-                            g,
-                            starts,
-                            &self.weights,
-                            x,
-                            ptr,
-                            len,
-                            &task,
-                            epilogue.as_ref(),
-                            fast,
-                        )
+                        kernel::run_task(g, starts, w, x, ptr, len, &task, epilogue.as_ref(), fast)
                     };
                 }
             });
@@ -158,6 +198,39 @@ impl EvalOp for Int8Conv {
             None => tvec!(out.into_tvalue()),
         })
     }
+}
+
+thread_local! {
+    /// The channels-last copies of the input batch, reused across runs.
+    static NHWC: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// `cl`'s conv over `images` images of `x` (NCHW, `input_len` bytes each) into `out`.
+fn run_channels_last(
+    cl: &ChannelsLast,
+    x: &[u8],
+    input_len: usize,
+    images: usize,
+    out: OutPtr,
+    fast: bool,
+) {
+    NHWC.with(|buf| {
+        let mut buf = buf.borrow_mut();
+        let len = cl.image_len();
+        buf.resize(images * len, 0);
+        for (src, dst) in x.chunks_exact(input_len).zip(buf.chunks_exact_mut(len)) {
+            cl.prepare(src, dst);
+        }
+        let buf = &*buf;
+        on_tract_threads_in_runs(cl.units(images), |run| {
+            for unit in run {
+                let img = &buf[unit.image * len..][..len];
+                // SAFETY: `out` holds the batch's outputs and outlives the scope; units cover
+                // disjoint channels x positions.
+                unsafe { cl.run(img, out, unit, fast) };
+            }
+        });
+    })
 }
 
 impl TypedOp for Int8Conv {
@@ -178,6 +251,19 @@ impl TypedOp for Int8Conv {
     }
 
     as_op!();
+}
+
+/// KxK convs over whole quads of at least 16 channels: each tap's inner loop then runs long
+/// enough to pay for setting up its four input rows (the stem's 3 channels, one quad per
+/// tap, ran 70% slower than on the blocked kernel).
+fn channels_last_suits(geo: &Geometry) -> bool {
+    let c = geo.chw.0;
+    geo.kernel != (1, 1) && c.is_multiple_of(4) && c >= 16
+}
+
+/// `RESNET_EDGE_CHANNELS_LAST=0` keeps every conv on the blocked kernel (to measure it).
+fn channels_last_enabled() -> bool {
+    std::env::var("RESNET_EDGE_CHANNELS_LAST").map_or(true, |v| v != "0")
 }
 
 /// The scalar constant input `i` of `node`.
@@ -395,12 +481,26 @@ pub fn rewrite(model: &TypedModel, node: &TypedNode) -> TractResult<Option<Typed
         bias: &bias,
         y,
     };
-    let Some(packed) = Weights::new(&weights, m, geometry.depth(), &q) else {
-        return Ok(None);
+    // KxK convs whose output no join reads (a join fuses into the blocked kernel's epilogue:
+    // a join starts with dequantising the conv's output).
+    let joined = model.outlet_successors(node.id.into()).iter().any(|s| {
+        model
+            .node(s.node)
+            .op_is::<tract_core::ops::quant::DequantizeLinearF32>()
+    });
+    let channels_last = (channels_last_suits(&geometry) && !joined && channels_last_enabled())
+        .then(|| ChannelsLast::new(&geometry, &weights, m, &q))
+        .flatten();
+    let packed = match channels_last {
+        Some(cl) => Packed::ChannelsLast(Arc::new(cl)),
+        None => match Weights::new(&weights, m, geometry.depth(), &q) {
+            Some(w) => Packed::Blocked(Arc::new(w)),
+            None => return Ok(None),
+        },
     };
     let op = Int8Conv {
         geometry,
-        weights: Arc::new(packed),
+        weights: packed,
         input_shape: input_shape.into(),
         output_shape: output_shape.into(),
         // As `info` counts the unrewritten graph: weights, and a bias given per channel.
@@ -583,6 +683,30 @@ pub(crate) mod tests {
         // 1x1 stride 2, which it turns into two Downsamples and an EinSum (all absorbed).
         check::<u8>(qconv(&[1, 8, 7, 7], 4, 1, 2, 0, 64), &[1, 8, 7, 7], true, 1);
         check::<u8>(qconv(&[8, 9, 6], 4, 1, 2, 0, 64), &[8, 9, 6], true, 1);
+    }
+
+    #[test]
+    fn kxk_convs_of_whole_channel_quads_run_channels_last() {
+        // Batch 2 and a CHW stride-2 conv; then the stem's 3 channels and a 1x1, which stay.
+        for (shape, m, k, stride, channels_last) in [
+            (&[2, 16, 9, 8][..], 20, 3, 1, true),
+            (&[32, 9, 9][..], 16, 3, 2, true),
+            (&[1, 3, 20, 18][..], 8, 7, 2, false),
+            (&[1, 16, 6, 6][..], 9, 1, 1, false),
+        ] {
+            let reference = qconv(shape, m, k, stride, k / 2, 64);
+            check::<u8>(reference.clone(), shape, false, 1);
+            let (rewritten, _) = apply(reference, &Rewrites::all()).unwrap();
+            let kinds: Vec<bool> = rewritten
+                .nodes()
+                .iter()
+                .filter_map(|n| n.op_as::<Int8Conv>())
+                .map(|c| matches!(c.weights, Packed::ChannelsLast(_)))
+                .collect();
+            if kernel::available() {
+                assert_eq!(kinds, [channels_last], "{shape:?} {k}x{k}");
+            }
+        }
     }
 
     /// A classifier head as tract imports `MatMulInteger`: `[1, K, 1, 1] x [K, N]` to i32.

@@ -1,0 +1,556 @@
+//! KxK quantised convolutions over a channels-last (NHWC) copy of the input: 4 output
+//! positions x 16 output channels per microkernel call, each position reading its taps'
+//! channel vectors where they lie. The scheme of onnxruntime's `MlasConvSymKernelAvx2`.
+//!
+//! Why: [`super::kernel`] computes 16 consecutive positions of a phase-plane row per call, so
+//! a 14x14 map computes 16 columns for 14 and a 7x7 one 9 for 7, and it interleaves im2col
+//! rows (nine copies of a 3x3 conv's input) into its packed chunks. Here an indirection table
+//! built at load says where each position's taps start (taps in the padding read a vector of
+//! zero points), so no column is computed and dropped and the one copy made is the input's
+//! transpose. onnxruntime runs ResNet-50's 3x3s this way at 95% of this machine's multiply
+//! peak (README, "Where the int8 time goes").
+
+use super::kernel::{OutPtr, QParams, PAIR_MAX};
+use super::Geometry;
+
+/// Output channels per call: two 8-lane i32 accumulators per position (the vector side).
+pub const CB: usize = 16;
+/// Output positions per call (the broadcast side): 4 x 2 accumulators, as MLAS's AVX2 kernel.
+pub const PB: usize = 4;
+/// Input channels per i32 lane: the depth `vpmaddubsw` + `vpmaddwd` reduce in one step.
+const KQ: usize = 4;
+/// Position blocks per unit of work handed to a thread.
+const UNIT_BLOCKS: usize = 16;
+
+/// A conv's weights packed for the channels-last kernel, its indirection table and its
+/// requantisation.
+#[derive(Debug)]
+pub struct ChannelsLast {
+    /// Output channels.
+    pub m: usize,
+    pub x_zero: u8,
+    /// Input channels rounded up to a whole quad: the NHWC copy's pixel stride.
+    c4: usize,
+    /// Input pixels (H x W).
+    pixels: usize,
+    taps: usize,
+    positions: usize,
+    /// `[m / CB][taps][c4 / KQ][CB][KQ]`; channels past `m` and inputs past `C` zero.
+    packed: Vec<i8>,
+    /// `[positions][taps]`: where each tap's channel vector starts in the NHWC copy; taps in
+    /// the padding point at the zero-point vector after the image.
+    offsets: Vec<u32>,
+    /// Per block of [`CB`] channels: `bias - x_zero * sum(w)` and `x_scale * w_scale / y_scale`,
+    /// rows past `m` repeating the last channel.
+    consts: Vec<([i32; CB], [f32; CB])>,
+    y_zero: i32,
+}
+
+/// One unit of work: image, channel block, and a range of position blocks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Unit {
+    pub image: usize,
+    pub block: usize,
+    pub first: usize,
+    pub end: usize,
+}
+
+impl ChannelsLast {
+    /// Pack `w` (`[m, C, kh, kw]`) for `geo`; `None` without requantisation (u8 outputs), when
+    /// some pair of weights the kernel multiplies together could saturate, or when the image
+    /// is too large for 32-bit offsets.
+    pub fn new(geo: &Geometry, w: &[i8], m: usize, q: &QParams) -> Option<ChannelsLast> {
+        let (c, h, wd) = geo.chw;
+        let (kh, kw) = geo.kernel;
+        let taps = kh * kw;
+        let (x_scale, w_scales, y_zero, y_scale) = q.y?;
+        if m == 0 || c == 0 || w.len() != m * c * taps || q.bias.len() != m {
+            return None;
+        }
+        if w_scales.len() != m {
+            return None;
+        }
+        let c4 = c.div_ceil(KQ) * KQ;
+        let quads = c4 / KQ;
+        let image = h.checked_mul(wd)?.checked_mul(c4)?;
+        u32::try_from(image.checked_add(c4)?).ok()?;
+        let weight = |o: usize, ci: usize, t: usize| match o < m && ci < c {
+            true => w[(o * c + ci) * taps + t],
+            false => 0,
+        };
+        // `vpmaddubsw` sums adjacent input channels of one tap.
+        let saturates = (0..m).any(|o| {
+            (0..taps).any(|t| {
+                (0..c4).step_by(2).any(|ci| {
+                    (weight(o, ci, t) as i32).abs() + (weight(o, ci + 1, t) as i32).abs() > PAIR_MAX
+                })
+            })
+        });
+        if saturates {
+            return None;
+        }
+        let blocks = m.div_ceil(CB);
+        let mut packed = vec![0i8; blocks * taps * quads * CB * KQ];
+        for (i, v) in packed.iter_mut().enumerate() {
+            let (k, r) = (i % KQ, i / KQ % CB);
+            let (quad, t, b) = (
+                i / (KQ * CB) % quads,
+                i / (KQ * CB * quads) % taps,
+                i / (KQ * CB * quads * taps),
+            );
+            *v = weight(b * CB + r, quad * KQ + k, t);
+        }
+        let offset = w
+            .chunks(c * taps)
+            .zip(q.bias)
+            .map(|(row, &b)| {
+                let sum: i64 = row.iter().map(|&v| v as i64).sum();
+                i32::try_from(b as i64 - q.x_zero as i64 * sum).ok()
+            })
+            .collect::<Option<Vec<i32>>>()?;
+        let multiplier: Vec<f32> = w_scales.iter().map(|&s| x_scale * s / y_scale).collect();
+        if multiplier.iter().any(|v| !v.is_finite()) {
+            return None;
+        }
+        let consts = (0..blocks)
+            .map(|b| {
+                let ch = |r: usize| (b * CB + r).min(m - 1);
+                (
+                    std::array::from_fn(|r| offset[ch(r)]),
+                    std::array::from_fn(|r| multiplier[ch(r)]),
+                )
+            })
+            .collect();
+        let (oh, ow) = geo.out;
+        let mut offsets = Vec::with_capacity(oh * ow * taps);
+        for oy in 0..oh {
+            for ox in 0..ow {
+                for ky in 0..kh {
+                    for kx in 0..kw {
+                        let iy = (oy * geo.stride.0 + ky).checked_sub(geo.pad.0);
+                        let ix = (ox * geo.stride.1 + kx).checked_sub(geo.pad.1);
+                        let at = match (iy, ix) {
+                            (Some(iy), Some(ix)) if iy < h && ix < wd => (iy * wd + ix) * c4,
+                            _ => image,
+                        };
+                        offsets.push(at as u32);
+                    }
+                }
+            }
+        }
+        Some(ChannelsLast {
+            m,
+            x_zero: q.x_zero,
+            c4,
+            pixels: h * wd,
+            taps,
+            positions: oh * ow,
+            packed,
+            offsets,
+            consts,
+            y_zero: y_zero as i32,
+        })
+    }
+
+    /// Bytes of one image's NHWC copy, zero-point vector included.
+    pub fn image_len(&self) -> usize {
+        (self.pixels + 1) * self.c4
+    }
+
+    /// The units of `images` images, channel block by channel block (a thread's consecutive
+    /// units share their weights).
+    pub fn units(&self, images: usize) -> Vec<Unit> {
+        let pbs = self.positions.div_ceil(PB);
+        let mut units = vec![];
+        for image in 0..images {
+            for block in 0..self.m.div_ceil(CB) {
+                for first in (0..pbs).step_by(UNIT_BLOCKS) {
+                    let end = (first + UNIT_BLOCKS).min(pbs);
+                    units.push(Unit {
+                        image,
+                        block,
+                        first,
+                        end,
+                    });
+                }
+            }
+        }
+        units
+    }
+
+    /// Write `x` (one NCHW image) to `dst` ([`Self::image_len`] bytes) as NHWC, pixels padded
+    /// to a whole quad of channels, the zero-point vector after them.
+    pub fn prepare(&self, x: &[u8], dst: &mut [u8]) {
+        let (c4, pixels) = (self.c4, self.pixels);
+        let c = x.len() / pixels.max(1);
+        dst[pixels * c4..].fill(self.x_zero);
+        // Whole 16 x 16 blocks as SSE2 transposes, the rest byte by byte below.
+        let (blocked_c, blocked_p) = (c / 16 * 16, pixels / 16 * 16);
+        #[cfg(target_arch = "x86_64")]
+        for ci in (0..blocked_c).step_by(16) {
+            for p0 in (0..blocked_p).step_by(16) {
+                let src: [&[u8]; 16] = std::array::from_fn(|i| &x[(ci + i) * pixels + p0..][..16]);
+                let mut rows = [[0u8; 16]; 16];
+                sse2::transpose16(src, &mut rows);
+                for (j, row) in rows.iter().enumerate() {
+                    dst[(p0 + j) * c4 + ci..][..16].copy_from_slice(row);
+                }
+            }
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        let (blocked_c, blocked_p) = (0, 0);
+        // Tiles of 64 pixels: each channel's run is read once, the tile's rows written in
+        // cache.
+        for p0 in (0..pixels).step_by(64) {
+            let n = 64.min(pixels - p0);
+            for ci in 0..c {
+                // Pixels the blocks above wrote are skipped.
+                let from = match ci < blocked_c {
+                    true => p0.max(blocked_p),
+                    false => p0,
+                };
+                for p in from..p0 + n {
+                    dst[p * c4 + ci] = x[ci * pixels + p];
+                }
+            }
+            for ci in c..c4 {
+                for j in 0..n {
+                    dst[(p0 + j) * c4 + ci] = self.x_zero;
+                }
+            }
+        }
+    }
+
+    /// Run `unit` over `img` (its image's NHWC copy from [`Self::prepare`]) into `out`, the
+    /// whole output batch (`[images, m, positions]` u8).
+    ///
+    /// # Safety
+    /// `out` holds the batch, and no other unit writes this unit's channels x positions.
+    pub unsafe fn run(&self, img: &[u8], out: OutPtr, unit: Unit, fast: bool) {
+        assert!(img.len() >= self.image_len());
+        let quads = self.c4 / KQ;
+        let w_len = self.taps * quads * CB * KQ;
+        let w = &self.packed[unit.block * w_len..][..w_len];
+        let consts = &self.consts[unit.block];
+        let channels = (self.m - unit.block * CB).min(CB);
+        let base = (unit.image * self.m + unit.block * CB) * self.positions;
+        for pb in unit.first..unit.end {
+            let p0 = pb * PB;
+            let n = PB.min(self.positions - p0);
+            // Positions past the last compute the last one again; they are not stored.
+            let offsets: [&[u32]; PB] = std::array::from_fn(|i| {
+                let p = p0 + i.min(n - 1);
+                &self.offsets[p * self.taps..][..self.taps]
+            });
+            let mut tile = [[0u8; CB]; PB];
+            let at = base + p0;
+            #[cfg(target_arch = "x86_64")]
+            if fast {
+                // SAFETY: AVX2 (`fast`); offsets point inside `img` (asserted length), and `w`
+                // holds `taps * quads` steps.
+                avx2::tile(img, offsets, quads, w, consts, self.y_zero, &mut tile);
+                if n == PB && channels == CB {
+                    // SAFETY: AVX2; the block's 16 channel rows hold positions p0..p0 + 4.
+                    avx2::store_transposed(&tile, out.0.add(at), self.positions);
+                    continue;
+                }
+            }
+            if !fast {
+                self.tile(img, offsets, quads, w, consts, &mut tile);
+            }
+            for r in 0..channels {
+                let at = at + r * self.positions;
+                for (i, row) in tile.iter().enumerate().take(n) {
+                    out.0.add(at + i).write(row[r]);
+                }
+            }
+        }
+    }
+
+    /// The portable tile: `tile[i][r]`, position `i`, channel `r` of the block.
+    fn tile(
+        &self,
+        img: &[u8],
+        offsets: [&[u32]; PB],
+        quads: usize,
+        w: &[i8],
+        consts: &([i32; CB], [f32; CB]),
+        tile: &mut [[u8; CB]; PB],
+    ) {
+        for (i, out) in tile.iter_mut().enumerate() {
+            let mut acc = [0i32; CB];
+            for (t, &at) in offsets[i].iter().enumerate() {
+                let px = &img[at as usize..][..quads * KQ];
+                let wt = &w[t * quads * CB * KQ..][..quads * CB * KQ];
+                for (q, x) in px.chunks_exact(KQ).enumerate() {
+                    for (r, a) in acc.iter_mut().enumerate() {
+                        let wq = &wt[(q * CB + r) * KQ..][..KQ];
+                        *a += (0..KQ).map(|k| wq[k] as i32 * x[k] as i32).sum::<i32>();
+                    }
+                }
+            }
+            for (r, o) in out.iter_mut().enumerate() {
+                let v = ((acc[r] + consts.0[r]) as f32 * consts.1[r]).round_ties_even() as i32;
+                *o = v.saturating_add(self.y_zero).clamp(0, 255) as u8;
+            }
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod sse2 {
+    use std::arch::x86_64::*;
+
+    /// `dst[j][i] = src[i][j]` for a 16 x 16 block of bytes.
+    pub fn transpose16(src: [&[u8]; 16], dst: &mut [[u8; 16]; 16]) {
+        // SAFETY: SSE2 is part of x86_64; every row is 16 bytes (slice types above).
+        unsafe {
+            let mut r: [__m128i; 16] =
+                std::array::from_fn(|i| _mm_loadu_si128(src[i][..16].as_ptr() as *const __m128i));
+            // Four rounds of interleaving row pairs (2i, 2i + 1) into rows i and i + 8: bytes,
+            // words, dwords, qwords. Row k then holds column `k` with its 4 bits reversed.
+            for round in 0..4 {
+                let mut next = r;
+                for i in 0..8 {
+                    let (a, b) = (r[2 * i], r[2 * i + 1]);
+                    (next[i], next[i + 8]) = match round {
+                        0 => (_mm_unpacklo_epi8(a, b), _mm_unpackhi_epi8(a, b)),
+                        1 => (_mm_unpacklo_epi16(a, b), _mm_unpackhi_epi16(a, b)),
+                        2 => (_mm_unpacklo_epi32(a, b), _mm_unpackhi_epi32(a, b)),
+                        _ => (_mm_unpacklo_epi64(a, b), _mm_unpackhi_epi64(a, b)),
+                    };
+                }
+                r = next;
+            }
+            for (k, v) in r.into_iter().enumerate() {
+                let column = (k as u8).reverse_bits() >> 4;
+                _mm_storeu_si128(dst[column as usize].as_mut_ptr() as *mut __m128i, v);
+            }
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx2 {
+    use super::{CB, KQ, PB};
+    use std::arch::x86_64::*;
+
+    /// `out[r * stride + i] = tile[i][r]`: 4 positions x 16 channels to 16 channel rows of 4
+    /// bytes.
+    ///
+    /// # Safety
+    /// AVX2; each of the 16 rows' 4 bytes writable.
+    #[target_feature(enable = "avx2")]
+    pub unsafe fn store_transposed(tile: &[[u8; CB]; PB], out: *mut u8, stride: usize) {
+        let row = |i: usize| _mm_loadu_si128(tile[i].as_ptr() as *const __m128i);
+        let (r0, r1, r2, r3) = (row(0), row(1), row(2), row(3));
+        // Bytes of positions 0/1 and 2/3 interleaved, then their pairs: 4 channels of 4
+        // positions per register.
+        let (lo01, hi01) = (_mm_unpacklo_epi8(r0, r1), _mm_unpackhi_epi8(r0, r1));
+        let (lo23, hi23) = (_mm_unpacklo_epi8(r2, r3), _mm_unpackhi_epi8(r2, r3));
+        let quads = [
+            _mm_unpacklo_epi16(lo01, lo23),
+            _mm_unpackhi_epi16(lo01, lo23),
+            _mm_unpacklo_epi16(hi01, hi23),
+            _mm_unpackhi_epi16(hi01, hi23),
+        ];
+        for (j, q) in quads.iter().enumerate() {
+            let words: [i32; 4] = std::mem::transmute(*q);
+            for (k, &v) in words.iter().enumerate() {
+                (out.add((j * 4 + k) * stride) as *mut i32).write_unaligned(v);
+            }
+        }
+    }
+
+    /// 4 positions x 16 channels, requantised: `tile[i]` is position `i`'s 16 bytes.
+    ///
+    /// # Safety
+    /// AVX2; every offset plus `quads * 4` inside `img`; `w` holds `offsets[0].len() * quads`
+    /// steps of 64 bytes.
+    #[target_feature(enable = "avx2")]
+    pub unsafe fn tile(
+        img: &[u8],
+        offsets: [&[u32]; PB],
+        quads: usize,
+        w: &[i8],
+        consts: &([i32; CB], [f32; CB]),
+        y_zero: i32,
+        tile: &mut [[u8; CB]; PB],
+    ) {
+        let ones = _mm256_set1_epi16(1);
+        let mut c = [[_mm256_setzero_si256(); 2]; PB];
+        let taps = offsets[0].len();
+        debug_assert!(w.len() >= taps * quads * CB * KQ);
+        let mut wp = w.as_ptr() as *const __m256i;
+        let [o0, o1, o2, o3] = offsets;
+        for (((&a, &b), &c2), &d) in o0.iter().zip(o1).zip(o2).zip(o3) {
+            let rows = [a, b, c2, d].map(|at| img.as_ptr().add(at as usize));
+            for q in 0..quads {
+                let w0 = _mm256_loadu_si256(wp);
+                let w1 = _mm256_loadu_si256(wp.add(1));
+                wp = wp.add(2);
+                for (c, row) in c.iter_mut().zip(&rows) {
+                    let x = _mm256_set1_epi32((row.add(q * KQ) as *const i32).read_unaligned());
+                    c[0] = _mm256_add_epi32(
+                        c[0],
+                        _mm256_madd_epi16(_mm256_maddubs_epi16(x, w0), ones),
+                    );
+                    c[1] = _mm256_add_epi32(
+                        c[1],
+                        _mm256_madd_epi16(_mm256_maddubs_epi16(x, w1), ones),
+                    );
+                }
+            }
+        }
+        let offset = [
+            _mm256_loadu_si256(consts.0.as_ptr() as *const __m256i),
+            _mm256_loadu_si256(consts.0.as_ptr().add(8) as *const __m256i),
+        ];
+        let multiplier = [
+            _mm256_loadu_ps(consts.1.as_ptr()),
+            _mm256_loadu_ps(consts.1.as_ptr().add(8)),
+        ];
+        let y_zero = _mm256_set1_epi32(y_zero);
+        for (c, out) in c.iter().zip(tile.iter_mut()) {
+            let scale = |h: usize| {
+                let v = _mm256_cvtepi32_ps(_mm256_add_epi32(c[h], offset[h]));
+                // cvtps rounds by MXCSR: to nearest, ties to even.
+                _mm256_add_epi32(_mm256_cvtps_epi32(_mm256_mul_ps(v, multiplier[h])), y_zero)
+            };
+            let (lo, hi) = (scale(0), scale(1));
+            // packs works per 128-bit lane: [lo0-3 hi0-3 | lo4-7 hi4-7], reordered to 0..16.
+            let words = _mm256_permute4x64_epi64(_mm256_packs_epi32(lo, hi), 0b11_01_10_00);
+            let bytes = _mm256_packus_epi16(words, words);
+            let bytes = _mm256_permute4x64_epi64(bytes, 0b00_00_10_00);
+            _mm_storeu_si128(
+                out.as_mut_ptr() as *mut __m128i,
+                _mm256_castsi256_si128(bytes),
+            );
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::transform::rewrite::int8_conv::kernel::tests::reference;
+    use crate::transform::rewrite::test_bytes as bytes;
+
+    fn check(geo: Geometry, m: usize, images: usize, fast: bool) {
+        let depth = geo.depth();
+        let x = bytes(images * geo.input_len(), 3);
+        let w: Vec<i8> = bytes(m * depth, 5)
+            .iter()
+            .map(|&b| (b as i32 % 129 - 64) as i8)
+            .collect();
+        let bias: Vec<i32> = (0..m as i32).map(|i| i * 997 - 20_000).collect();
+        let w_scales: Vec<f32> = (0..m).map(|i| 0.001 + i as f32 * 1e-4).collect();
+        let q = QParams {
+            x_zero: 7,
+            bias: &bias,
+            y: Some((0.05, &w_scales[..], 100, 0.02)),
+        };
+        let cl = ChannelsLast::new(&geo, &w, m, &q).expect("no saturating pairs");
+        // The accumulators from the definition, requantised in f32 as the runtime specifies
+        // (an f64 product rounds differently next to a tie).
+        let acc_only = QParams { y: None, ..q };
+        let positions = geo.positions();
+        let want: Vec<i64> = x
+            .chunks_exact(geo.input_len())
+            .flat_map(|x| reference(&geo, x, &w, &acc_only))
+            .enumerate()
+            .map(|(i, acc)| {
+                let multiplier = 0.05 * w_scales[i / positions % m] / 0.02;
+                let y = (acc as i32 as f32 * multiplier).round_ties_even() as i64 + 100;
+                y.clamp(0, 255)
+            })
+            .collect();
+        let len = cl.image_len();
+        let mut nhwc = vec![0u8; images * len];
+        for (src, dst) in x
+            .chunks_exact(geo.input_len())
+            .zip(nhwc.chunks_exact_mut(len))
+        {
+            cl.prepare(src, dst);
+        }
+        let mut got = vec![0u8; want.len()];
+        // Units in reverse: none depends on another's order.
+        for unit in cl.units(images).into_iter().rev() {
+            let img = &nhwc[unit.image * len..][..len];
+            unsafe { cl.run(img, OutPtr(got.as_mut_ptr()), unit, fast) };
+        }
+        let off = want
+            .iter()
+            .zip(&got)
+            .filter(|(a, b)| **a != **b as i64)
+            .count();
+        assert_eq!(off, 0, "{geo:?} m={m} fast={fast}: {off} outputs differ");
+        let clamped = want.iter().filter(|&&v| v == 0 || v == 255).count();
+        assert!(
+            clamped > 0 && clamped < want.len(),
+            "{geo:?}: {clamped} clamped"
+        );
+    }
+
+    fn geometries() -> Vec<(Geometry, usize, usize)> {
+        let g = |chw, kernel, stride, pad, out| Geometry {
+            chw,
+            kernel,
+            stride,
+            pad,
+            out,
+        };
+        vec![
+            // 3x3 padded: positions not a multiple of PB, channels neither of CB nor of 4.
+            (g((5, 9, 7), (3, 3), (1, 1), (1, 1), (9, 7)), 6, 1),
+            // Two images; more than one channel block and one unit of positions.
+            (g((8, 13, 11), (3, 3), (1, 1), (1, 1), (13, 11)), 37, 2),
+            // Channels and pixels past whole 16 x 16 transpose blocks (32 x 42).
+            (g((32, 6, 7), (3, 3), (1, 1), (1, 1), (6, 7)), 20, 1),
+            // Stride 2 (a stage's first 3x3), unpadded, and the stem's 7x7 with 3 channels.
+            (g((12, 9, 9), (3, 3), (2, 2), (1, 1), (5, 5)), 16, 1),
+            (g((4, 8, 8), (3, 3), (1, 1), (0, 0), (6, 6)), 5, 1),
+            (g((3, 20, 18), (7, 7), (2, 2), (3, 3), (10, 9)), 8, 1),
+        ]
+    }
+
+    #[test]
+    fn scalar_kernel_matches_the_definition() {
+        for (geo, m, images) in geometries() {
+            check(geo, m, images, false);
+        }
+    }
+
+    #[test]
+    fn avx2_kernel_matches_the_definition() {
+        if !crate::transform::rewrite::int8_conv::kernel::available() {
+            eprintln!("no AVX2 here: the scalar kernel is what the test above checks");
+            return;
+        }
+        for (geo, m, images) in geometries() {
+            check(geo, m, images, true);
+        }
+    }
+
+    #[test]
+    fn pairs_of_channels_that_could_saturate_are_refused() {
+        let geo = Geometry {
+            chw: (2, 1, 1),
+            kernel: (1, 1),
+            stride: (1, 1),
+            pad: (0, 0),
+            out: (1, 1),
+        };
+        let q = |w: &[i8]| {
+            let q = QParams {
+                x_zero: 0,
+                bias: &[0],
+                y: Some((1.0, &[1.0], 0, 1.0)),
+            };
+            ChannelsLast::new(&geo, w, 1, &q).is_some()
+        };
+        // Channels 0 and 1 of one tap share a `vpmaddubsw` pair: 100 + 28 fits, 100 + 29 not.
+        assert!(q(&[100, -28]));
+        assert!(!q(&[100, -29]));
+    }
+}
