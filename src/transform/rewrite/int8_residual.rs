@@ -14,7 +14,7 @@ use tract_core::ops::binary::TypedBinOp;
 use tract_core::ops::element_wise::ElementWiseOp;
 use tract_core::ops::quant::{DequantizeLinearF32, QuantizeLinearU8};
 
-use super::int8_conv::{Int8Conv, Packed};
+use super::int8_conv::Int8Conv;
 use super::{on_tract_threads, relu_input, sole_successor};
 
 /// `(q - zero) * scale` of one u8 input.
@@ -352,7 +352,7 @@ fn fusable_conv(
     let only_reader =
         |outlet, reader: usize| sole_successor(model, outlet).is_some_and(|s| s.id == reader);
     (conv.join.is_none()
-        && matches!(&conv.weights, Packed::Blocked(w) if w.requant.is_some())
+        && conv.weights.requantised()
         && only_reader(a, dequantised.node)
         && only_reader(dequantised, add.node))
     .then_some(conv)
@@ -538,9 +538,15 @@ mod tests {
     /// A quantised conv (tract's, before `int8-conv`) of `x_shape` feeding the join with a u8
     /// or f32 `b`: the pattern fused into the conv's epilogue. With `reused` the f32 sum is a
     /// model output too.
-    fn conv_join_graph(x_shape: &[usize], k: usize, b_float: bool, reused: bool) -> TypedModel {
+    fn conv_join_graph(
+        x_shape: &[usize],
+        k: usize,
+        m: usize,
+        b_float: bool,
+        reused: bool,
+    ) -> TypedModel {
         // An output scale that saturates the conv's u8 output at both ends.
-        let mut model = qconv_scaled(x_shape, 8, k, 1, k / 2, 64, 0.004);
+        let mut model = qconv_scaled(x_shape, m, k, 1, k / 2, 64, 0.004);
         let y = model.outputs[0];
         let shape = model.outlet_fact(y).unwrap().shape.clone();
         // The conv's own output quantisation, as tract's import dequantises it.
@@ -605,16 +611,19 @@ mod tests {
             eprintln!("no AVX2: int8-conv does not fire, so there is nothing to fuse into");
             return;
         }
-        // A padded 3x3 conv (ResNet-18's second conv, phase-plane rows with dropped columns)
-        // and a 1x1 (ResNet-50's third, decluttered to an EinSum); u8 and f32 shortcuts.
-        for (x_shape, k, b_float, reused) in [
-            ([1, 5, 9, 13], 3, false, false),
-            ([1, 5, 9, 13], 3, true, true),
-            ([2, 12, 7, 6], 1, true, false),
-            ([1, 12, 7, 6], 1, false, true),
+        // A padded 3x3 conv (ResNet-18's second conv, phase-plane rows with dropped columns),
+        // the same over 16 channels (the channels-last kernel: whole and partial tiles), and a
+        // 1x1 (ResNet-50's third, decluttered to an EinSum); u8 and f32 shortcuts.
+        for (x_shape, k, m, b_float, reused) in [
+            ([1, 5, 9, 13], 3, 8, false, false),
+            ([1, 5, 9, 13], 3, 8, true, true),
+            ([2, 16, 9, 7], 3, 20, false, false),
+            ([1, 16, 9, 7], 3, 20, true, true),
+            ([2, 12, 7, 6], 1, 8, true, false),
+            ([1, 12, 7, 6], 1, 8, false, true),
         ] {
             let case = format!("{x_shape:?} {k}x{k}, f32 shortcut {b_float}, sum reused {reused}");
-            let mut reference = conv_join_graph(&x_shape, k, b_float, reused);
+            let mut reference = conv_join_graph(&x_shape, k, m, b_float, reused);
             reference.declutter().unwrap();
             let (fused, report) = apply(reference.clone(), &Rewrites::all()).unwrap();
             assert_eq!(report.count(Rewrite::Int8Residual), 1, "{case}");

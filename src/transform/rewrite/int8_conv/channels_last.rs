@@ -10,8 +10,9 @@
 //! transpose. onnxruntime runs ResNet-50's 3x3s this way at 95% of this machine's multiply
 //! peak (README, "Where the int8 time goes").
 
-use super::kernel::{OutPtr, QParams, PAIR_MAX};
+use super::kernel::{Epilogue, OutPtr, QParams, PAIR_MAX};
 use super::Geometry;
+use crate::transform::rewrite::int8_residual::{join, B};
 
 /// Output channels per call: two 8-lane i32 accumulators per position (the vector side).
 pub const CB: usize = 16;
@@ -222,11 +223,19 @@ impl ChannelsLast {
     }
 
     /// Run `unit` over `img` (its image's NHWC copy from [`Self::prepare`]) into `out`, the
-    /// whole output batch (`[images, m, positions]` u8).
+    /// whole output batch (`[images, m, positions]` u8), joined by `epilogue` if given.
     ///
     /// # Safety
-    /// `out` holds the batch, and no other unit writes this unit's channels x positions.
-    pub unsafe fn run(&self, img: &[u8], out: OutPtr, unit: Unit, fast: bool) {
+    /// `out` (and the epilogue's `sum`) holds the batch, and no other unit writes this unit's
+    /// channels x positions; the epilogue's `b` holds the batch.
+    pub unsafe fn run(
+        &self,
+        img: &[u8],
+        out: OutPtr,
+        unit: Unit,
+        epilogue: Option<&Epilogue>,
+        fast: bool,
+    ) {
         assert!(img.len() >= self.image_len());
         let quads = self.c4 / KQ;
         let w_len = self.taps * quads * CB * KQ;
@@ -249,7 +258,7 @@ impl ChannelsLast {
                 // SAFETY: AVX2 (`fast`); offsets point inside `img` (asserted length), and `w`
                 // holds `taps * quads` steps.
                 avx2::tile(img, offsets, quads, w, consts, self.y_zero, &mut tile);
-                if n == PB && channels == CB {
+                if n == PB && channels == CB && epilogue.is_none() {
                     // SAFETY: AVX2; the block's 16 channel rows hold positions p0..p0 + 4.
                     avx2::store_transposed(&tile, out.0.add(at), self.positions);
                     continue;
@@ -258,11 +267,72 @@ impl ChannelsLast {
             if !fast {
                 self.tile(img, offsets, quads, w, consts, &mut tile);
             }
+            if let Some(e) = epilogue {
+                self.join_tile(e, &tile, channels, n, at, out);
+                continue;
+            }
             for r in 0..channels {
                 let at = at + r * self.positions;
                 for (i, row) in tile.iter().enumerate().take(n) {
                     out.0.add(at + i).write(row[r]);
                 }
+            }
+        }
+    }
+
+    /// Join the first `n` positions of the tile's first `channels` channels (row `r` stored
+    /// from element `at + r * positions`) into `out` and the epilogue's sum: gathered into
+    /// contiguous runs, joined eight lanes at a time, scattered back.
+    ///
+    /// # Safety
+    /// As [`Self::run`].
+    unsafe fn join_tile(
+        &self,
+        e: &Epilogue,
+        tile: &[[u8; CB]; PB],
+        channels: usize,
+        n: usize,
+        at: usize,
+        out: OutPtr,
+    ) {
+        const LEN: usize = CB * PB;
+        let len = channels * n;
+        let row = |r: usize| at + r * self.positions;
+        let mut a = [0u8; LEN];
+        for r in 0..channels {
+            for (i, position) in tile.iter().enumerate().take(n) {
+                a[r * n + i] = position[r];
+            }
+        }
+        let (mut bq, mut bf) = ([0u8; LEN], [0f32; LEN]);
+        let b = match e.b {
+            B::Quantised(b, d) => {
+                for r in 0..channels {
+                    bq[r * n..][..n].copy_from_slice(&b[row(r)..][..n]);
+                }
+                B::Quantised(&bq[..len], d)
+            }
+            B::Float(b) => {
+                for r in 0..channels {
+                    bf[r * n..][..n].copy_from_slice(&b[row(r)..][..n]);
+                }
+                B::Float(&bf[..len])
+            }
+        };
+        let (mut q, mut s) = ([0u8; LEN], [0f32; LEN]);
+        join(
+            e.op,
+            &a[..len],
+            b,
+            &mut q[..len],
+            e.sum.map(|_| &mut s[..len]),
+        );
+        for r in 0..channels {
+            let at = row(r);
+            std::ptr::copy_nonoverlapping(q[r * n..].as_ptr(), out.0.add(at), n);
+            if let Some(sum) = e.sum {
+                let sum = (sum.0 as *mut f32).add(at);
+                std::ptr::copy_nonoverlapping(s[r * n..].as_ptr(), sum, n);
             }
         }
     }
@@ -477,7 +547,7 @@ mod tests {
         // Units in reverse: none depends on another's order.
         for unit in cl.units(images).into_iter().rev() {
             let img = &nhwc[unit.image * len..][..len];
-            unsafe { cl.run(img, OutPtr(got.as_mut_ptr()), unit, fast) };
+            unsafe { cl.run(img, OutPtr(got.as_mut_ptr()), unit, None, fast) };
         }
         let off = want
             .iter()

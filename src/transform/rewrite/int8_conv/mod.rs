@@ -43,7 +43,7 @@ pub enum Packed {
     /// [`kernel`]: 4 channels x 16 positions of the NCHW phase planes per call.
     Blocked(Arc<Weights>),
     /// [`channels_last`]: 16 channels x 4 positions of an NHWC copy per call, for KxK convs
-    /// whose output no join reads (a join fuses into the blocked kernel's epilogue).
+    /// (see [`channels_last_suits`]).
     ChannelsLast(Arc<ChannelsLast>),
 }
 
@@ -172,26 +172,25 @@ impl EvalOp for Int8Conv {
                 (Some(_), None) => bail!("Int8Conv+Join given no residual"),
             };
             let fast = kernel::available();
-            let w = match &self.weights {
-                Packed::Blocked(w) => w,
+            match &self.weights {
                 Packed::ChannelsLast(cl) => {
-                    ensure!(epilogue.is_none(), "a join fused into a channels-last conv");
-                    run_channels_last(cl, x, g.input_len(), images, ptr, fast);
-                    return Ok(tvec!(out.into_tvalue()));
+                    let e = epilogue.as_ref();
+                    run_channels_last(cl, x, g.input_len(), images, ptr, e, fast);
                 }
-            };
-            let tasks = kernel::tasks(g, w.m, images, tract_threads());
-            let x = &*kernel::prepare(g, x, w.x_zero);
-            let starts = &g.row_starts();
-            on_tract_threads_in_runs(tasks, |run| {
-                for task in run {
-                    // SAFETY: `out` (and `sum`, `b`) hold `len` elements and outlive the scope;
-                    // tasks cover disjoint channels x positions.
-                    unsafe {
-                        kernel::run_task(g, starts, w, x, ptr, len, &task, epilogue.as_ref(), fast)
-                    };
+                Packed::Blocked(w) => {
+                    let tasks = kernel::tasks(g, w.m, images, tract_threads());
+                    let x = &*kernel::prepare(g, x, w.x_zero);
+                    let starts = &g.row_starts();
+                    let e = epilogue.as_ref();
+                    on_tract_threads_in_runs(tasks, |run| {
+                        for task in run {
+                            // SAFETY: `out` (and `sum`, `b`) hold `len` elements and outlive
+                            // the scope; tasks cover disjoint channels x positions.
+                            unsafe { kernel::run_task(g, starts, w, x, ptr, len, &task, e, fast) };
+                        }
+                    });
                 }
-            });
+            }
         }
         Ok(match &self.join {
             Some(join) => join.outputs(out, sum),
@@ -205,13 +204,15 @@ thread_local! {
     static NHWC: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
-/// `cl`'s conv over `images` images of `x` (NCHW, `input_len` bytes each) into `out`.
+/// `cl`'s conv over `images` images of `x` (NCHW, `input_len` bytes each) into `out`, joined
+/// by `epilogue` if given.
 fn run_channels_last(
     cl: &ChannelsLast,
     x: &[u8],
     input_len: usize,
     images: usize,
     out: OutPtr,
+    epilogue: Option<&Epilogue>,
     fast: bool,
 ) {
     NHWC.with(|buf| {
@@ -227,7 +228,7 @@ fn run_channels_last(
                 let img = &buf[unit.image * len..][..len];
                 // SAFETY: `out` holds the batch's outputs and outlives the scope; units cover
                 // disjoint channels x positions.
-                unsafe { cl.run(img, out, unit, fast) };
+                unsafe { cl.run(img, out, unit, epilogue, fast) };
             }
         });
     })
@@ -481,14 +482,7 @@ pub fn rewrite(model: &TypedModel, node: &TypedNode) -> TractResult<Option<Typed
         bias: &bias,
         y,
     };
-    // KxK convs whose output no join reads (a join fuses into the blocked kernel's epilogue:
-    // a join starts with dequantising the conv's output).
-    let joined = model.outlet_successors(node.id.into()).iter().any(|s| {
-        model
-            .node(s.node)
-            .op_is::<tract_core::ops::quant::DequantizeLinearF32>()
-    });
-    let channels_last = (channels_last_suits(&geometry) && !joined && channels_last_enabled())
+    let channels_last = (channels_last_suits(&geometry) && channels_last_enabled())
         .then(|| ChannelsLast::new(&geometry, &weights, m, &q))
         .flatten();
     let packed = match channels_last {
