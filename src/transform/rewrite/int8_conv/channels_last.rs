@@ -308,13 +308,13 @@ impl ChannelsLast {
         let b = match e.b {
             B::Quantised(b, d) => {
                 for r in 0..channels {
-                    bq[r * n..][..n].copy_from_slice(&b[row(r)..][..n]);
+                    gather(&mut bq[r * n..][..n], &b[row(r)..][..n]);
                 }
                 B::Quantised(&bq[..len], d)
             }
             B::Float(b) => {
                 for r in 0..channels {
-                    bf[r * n..][..n].copy_from_slice(&b[row(r)..][..n]);
+                    gather(&mut bf[r * n..][..n], &b[row(r)..][..n]);
                 }
                 B::Float(&bf[..len])
             }
@@ -329,10 +329,11 @@ impl ChannelsLast {
         );
         for r in 0..channels {
             let at = row(r);
-            std::ptr::copy_nonoverlapping(q[r * n..].as_ptr(), out.0.add(at), n);
+            let dst = std::slice::from_raw_parts_mut(out.0.add(at), n);
+            gather(dst, &q[r * n..][..n]);
             if let Some(sum) = e.sum {
-                let sum = (sum.0 as *mut f32).add(at);
-                std::ptr::copy_nonoverlapping(s[r * n..].as_ptr(), sum, n);
+                let dst = std::slice::from_raw_parts_mut((sum.0 as *mut f32).add(at), n);
+                gather(dst, &s[r * n..][..n]);
             }
         }
     }
@@ -364,6 +365,19 @@ impl ChannelsLast {
                 *o = v.saturating_add(self.y_zero).clamp(0, 255) as u8;
             }
         }
+    }
+}
+
+/// `dst.copy_from_slice(src)`, a whole tile row ([`PB`] elements) as one fixed-size copy
+/// rather than a `memcpy` call.
+#[inline(always)]
+fn gather<T: Copy>(dst: &mut [T], src: &[T]) {
+    match (
+        <&mut [T; PB]>::try_from(&mut *dst),
+        <&[T; PB]>::try_from(src),
+    ) {
+        (Ok(d), Ok(s)) => *d = *s,
+        _ => dst.copy_from_slice(src),
     }
 }
 
