@@ -111,6 +111,13 @@ fn int8_rewrites_fire_on_the_committed_artifact_and_each_off_matches_numpy() {
     for off in ["int8-conv", "int8-residual", "max-pool", "all"] {
         check_against_quant_reference("resnet18_digits.int8.onnx", 0.02, &["--no-rewrite", off]);
     }
+    // Every 3x3 but the stem's runs channels-last by default; this keeps them blocked.
+    check_against_quant_reference_with_env(
+        "resnet18_digits.int8.onnx",
+        0.02,
+        &[],
+        Some(("RESNET_EDGE_CHANNELS_LAST", "0")),
+    );
 }
 
 #[test]

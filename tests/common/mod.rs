@@ -56,7 +56,15 @@ pub fn run_with_env(args: &[&str], key: &str, value: &str) -> Output {
 
 /// Run and parse stdout as JSON, failing the test with stderr when the command fails.
 pub fn run_json(args: &[&str]) -> serde_json::Value {
-    let out = run(args);
+    json_of(args, run(args))
+}
+
+/// [`run_json`] with one environment variable set.
+pub fn run_json_with_env(args: &[&str], key: &str, value: &str) -> serde_json::Value {
+    json_of(args, run_with_env(args, key, value))
+}
+
+fn json_of(args: &[&str], out: Output) -> serde_json::Value {
     assert!(
         out.status.success(),
         "resnet-edge {args:?} failed:\n{}",
@@ -172,6 +180,16 @@ pub fn check_against_pytorch(model: &str, logits_json: &Path, extra: &[&str]) {
 /// of models/fixtures/digits/quant_reference.json (numpy's ONNX reference for int8,
 /// onnxruntime for f16): logits within `tolerance` relative, same top-1.
 pub fn check_against_quant_reference(artifact: &str, tolerance: f32, extra: &[&str]) {
+    check_against_quant_reference_with_env(artifact, tolerance, extra, None)
+}
+
+/// [`check_against_quant_reference`] with one environment variable set.
+pub fn check_against_quant_reference_with_env(
+    artifact: &str,
+    tolerance: f32,
+    extra: &[&str],
+    env: Option<(&str, &str)>,
+) {
     let digits = fixtures().join("digits");
     let reference = read_json(&digits.join("quant_reference.json"));
     let want = &reference[artifact];
@@ -197,7 +215,10 @@ pub fn check_against_quant_reference(artifact: &str, tolerance: f32, extra: &[&s
     ];
     args.extend(extra);
     args.extend(files.iter().map(String::as_str));
-    let rows = run_json(&args);
+    let rows = match env {
+        Some((key, value)) => run_json_with_env(&args, key, value),
+        None => run_json(&args),
+    };
     for (row, logits) in rows
         .as_array()
         .unwrap()
