@@ -220,6 +220,16 @@ pub fn conv_equivalent(model: &TypedModel, node: &TypedNode) -> Option<(usize, u
     winograd::direct_conv_equivalent(model, node)
 }
 
+/// `dst.copy_from_slice(src)`, as one fixed-size copy (a few vector moves) when both hold `N`
+/// elements: a slice copy of a run-time length is a `memcpy` call.
+#[inline(always)]
+pub(crate) fn copy_run<T: Copy, const N: usize>(dst: &mut [T], src: &[T]) {
+    match (<&mut [T; N]>::try_from(&mut *dst), <&[T; N]>::try_from(src)) {
+        (Ok(d), Ok(s)) => *d = *s,
+        _ => dst.copy_from_slice(src),
+    }
+}
+
 /// Threads of the plan being run: the pool's size under tract's multithread-mm, else 1.
 pub(crate) fn tract_threads() -> usize {
     use tract_linalg::multithread::{current_tract_executor, Executor};

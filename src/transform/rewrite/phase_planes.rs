@@ -245,14 +245,16 @@ pub fn prepare<'a, T: Copy + Send + Sync>(
 }
 
 /// The outputs of positions `p0..p0 + n` (virtual ones for [`Rows::Phased`]) as runs
-/// `(offset in the block, output position, length)`; returns how many.
+/// `(offset in the block, output position, length)`; returns how many. `rows` is
+/// `geo.rows()`, which callers compute once per task rather than once per block.
 pub fn output_runs(
     geo: &Geometry,
+    rows: Rows,
     p0: usize,
     n: usize,
     runs: &mut [(usize, usize, usize); NR],
 ) -> usize {
-    let Rows::Phased { wq: wp, .. } = geo.rows() else {
+    let Rows::Phased { wq: wp, .. } = rows else {
         runs[0] = (0, p0, n);
         return 1;
     };

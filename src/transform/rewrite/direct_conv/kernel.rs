@@ -14,6 +14,7 @@
 use std::cell::RefCell;
 use std::ops::Range;
 
+use crate::transform::rewrite::copy_run;
 pub use crate::transform::rewrite::phase_planes::Task;
 use crate::transform::rewrite::phase_planes::{self, output_runs, Geometry, Rows, NR};
 
@@ -150,15 +151,9 @@ fn pack(starts: &[usize], x: &[f32], ps: &Range<usize>, ks: &Range<usize>, out: 
         };
         for (j, p0) in ps.clone().step_by(NR).enumerate() {
             let n = NR.min(ps.end - p0).min(row.len().saturating_sub(p0));
-            let (dst, src) = (&mut out[(j * depth + kk) * NR..][..n], &row[p0..p0 + n]);
             // A whole panel row as one fixed-size copy: two vector moves, where a slice copy
             // of a run-time length is a `memcpy` call per 64 bytes.
-            match (<&mut [f32; NR]>::try_from(dst), <&[f32; NR]>::try_from(src)) {
-                (Ok(dst), Ok(src)) => *dst = *src,
-                (Err(_), _) | (_, Err(_)) => {
-                    out[(j * depth + kk) * NR..][..n].copy_from_slice(src);
-                }
-            }
+            copy_run::<f32, NR>(&mut out[(j * depth + kk) * NR..][..n], &row[p0..p0 + n]);
         }
     }
 }
@@ -190,7 +185,8 @@ pub unsafe fn run_task(
     // Tiles that straddle dropped columns (phase planes) would be gathered and scattered once
     // per depth block: with several blocks they accumulate in a staging copy of the task's
     // outputs, laid out as its (virtual) positions, scattered once at the end.
-    let staged = blocks.len() > 1 && matches!(geo.rows(), Rows::Phased { .. });
+    let rows = geo.rows();
+    let staged = blocks.len() > 1 && matches!(rows, Rows::Phased { .. });
     let width = task.positions.len().next_multiple_of(NR);
     let mut runs = [(0, 0, 0); NR];
     SCRATCH.with(|scratch| {
@@ -210,7 +206,7 @@ pub unsafe fn run_task(
                     let gs = gs..(gs + GROUP_BLOCK).min(task.groups.end);
                     for (j, p0) in task.positions.clone().step_by(NR).enumerate() {
                         let n = NR.min(task.positions.end - p0);
-                        let count = output_runs(geo, p0, n, &mut runs);
+                        let count = output_runs(geo, rows, p0, n, &mut runs);
                         let panel = &packed[j * ks.len() * NR..][..ks.len() * NR];
                         for g in gs.clone() {
                             let tile = if staged {
@@ -244,12 +240,12 @@ pub unsafe fn run_task(
             }
             if staged {
                 for g in task.groups.clone() {
-                    let rows = MR.min(w.m - g * MR);
+                    let channels = MR.min(w.m - g * MR);
                     let from = &staging[(g - task.groups.start) * MR * width..];
                     for (j, p0) in task.positions.clone().step_by(NR).enumerate() {
                         let n = NR.min(task.positions.end - p0);
-                        let count = output_runs(geo, p0, n, &mut runs);
-                        for r in 0..rows {
+                        let count = output_runs(geo, rows, p0, n, &mut runs);
+                        for r in 0..channels {
                             for &(at, start, len) in &runs[..count] {
                                 let src = &from[r * width + j * NR + at..][..len];
                                 let ch = task.image * w.m + g * MR + r;

@@ -12,6 +12,7 @@
 
 use super::kernel::{Epilogue, OutPtr, QParams, PAIR_MAX};
 use super::Geometry;
+use crate::transform::rewrite::copy_run;
 use crate::transform::rewrite::int8_residual::{join, B};
 
 /// Output channels per call: two 8-lane i32 accumulators per position (the vector side).
@@ -308,13 +309,13 @@ impl ChannelsLast {
         let b = match e.b {
             B::Quantised(b, d) => {
                 for r in 0..channels {
-                    gather(&mut bq[r * n..][..n], &b[row(r)..][..n]);
+                    copy_run::<_, PB>(&mut bq[r * n..][..n], &b[row(r)..][..n]);
                 }
                 B::Quantised(&bq[..len], d)
             }
             B::Float(b) => {
                 for r in 0..channels {
-                    gather(&mut bf[r * n..][..n], &b[row(r)..][..n]);
+                    copy_run::<_, PB>(&mut bf[r * n..][..n], &b[row(r)..][..n]);
                 }
                 B::Float(&bf[..len])
             }
@@ -330,10 +331,10 @@ impl ChannelsLast {
         for r in 0..channels {
             let at = row(r);
             let dst = std::slice::from_raw_parts_mut(out.0.add(at), n);
-            gather(dst, &q[r * n..][..n]);
+            copy_run::<_, PB>(dst, &q[r * n..][..n]);
             if let Some(sum) = e.sum {
                 let dst = std::slice::from_raw_parts_mut((sum.0 as *mut f32).add(at), n);
-                gather(dst, &s[r * n..][..n]);
+                copy_run::<_, PB>(dst, &s[r * n..][..n]);
             }
         }
     }
@@ -365,19 +366,6 @@ impl ChannelsLast {
                 *o = v.saturating_add(self.y_zero).clamp(0, 255) as u8;
             }
         }
-    }
-}
-
-/// `dst.copy_from_slice(src)`, a whole tile row ([`PB`] elements) as one fixed-size copy
-/// rather than a `memcpy` call.
-#[inline(always)]
-fn gather<T: Copy>(dst: &mut [T], src: &[T]) {
-    match (
-        <&mut [T; PB]>::try_from(&mut *dst),
-        <&[T; PB]>::try_from(src),
-    ) {
-        (Ok(d), Ok(s)) => *d = *s,
-        _ => dst.copy_from_slice(src),
     }
 }
 

@@ -301,13 +301,14 @@ pub unsafe fn run_task(
         };
         pack(row, quads, geo.depth(), len, w.x_zero, packed);
         let mut runs = [(0, 0, 0); NR];
+        let rows = geo.rows();
         let mut acc = [[0i32; NR]; MR];
         let mut bytes = [[0u8; NR]; MR];
         for b in 0..blocks {
             let xb = &packed[b * quads * NR * KQ..(b + 1) * quads * NR * KQ];
             let p0 = task.positions.start + b * NR;
             let n = NR.min(task.positions.end - p0);
-            let count = output_runs(geo, p0, n, &mut runs);
+            let count = output_runs(geo, rows, p0, n, &mut runs);
             for g in task.groups.clone() {
                 let wg = w.group(g);
                 let channels = g * MR..((g + 1) * MR).min(w.m);

@@ -52,15 +52,25 @@ pub struct WinogradMatMul {
 pub enum Backend {
     /// One optimised tract plan per group (weights packed at load, tract's kernels).
     Tract(Vec<Arc<TypedRunnableModel>>),
-    /// `direct-conv`'s packed weights, per group and position.
-    Direct(Arc<Vec<Vec<gemm::Weights>>>),
+    /// `direct-conv`'s GEMM.
+    Direct(Arc<Direct>),
+}
+
+/// `direct-conv`'s packed weights, per group and position, and what its kernel needs to run
+/// each product as a 1x1 conv of C channels over the tiles: fixed per op, so made at load.
+#[derive(Debug)]
+pub struct Direct {
+    weights: Vec<Vec<gemm::Weights>>,
+    geo: Geometry,
+    tasks: Vec<gemm::Task>,
+    starts: Vec<usize>,
 }
 
 impl Backend {
     fn groups(&self) -> usize {
         match self {
             Backend::Tract(plans) => plans.len(),
-            Backend::Direct(weights) => weights.len(),
+            Backend::Direct(direct) => direct.weights.len(),
         }
     }
 }
@@ -87,7 +97,13 @@ impl WinogradMatMul {
             bail!("Winograd weights of shape {:?}", u.shape());
         };
         let backend = if gemm::available() {
-            Backend::Direct(Arc::new(Self::packed(u, ranges, k, c)?))
+            let geo = Geometry::pointwise(c, (1, tiles), (1, 1), (1, tiles));
+            Backend::Direct(Arc::new(Direct {
+                weights: Self::packed(u, ranges, k, c)?,
+                tasks: gemm::tasks(&geo, k, 1, 1),
+                starts: geo.row_starts(),
+                geo,
+            }))
         } else {
             Backend::Tract(Self::plans(u, ranges, c, tiles)?)
         };
@@ -146,8 +162,10 @@ impl WinogradMatMul {
 
     /// Group `group`'s products on [`gemm`]: each position a 1x1 conv of C channels over the
     /// tiles, on the calling thread.
-    fn direct(&self, weights: &[gemm::Weights], v: &TValue) -> TractResult<TValue> {
+    fn direct(&self, direct: &Direct, group: usize, v: &TValue) -> TractResult<TValue> {
         let (k, c, t) = (self.k, self.c, self.tiles);
+        let weights = direct.weights.get(group).context("Winograd group")?;
+        let (geo, starts) = (&direct.geo, &direct.starts);
         let v = v.try_as_plain_ram()?;
         let v = v.as_slice::<f32>()?;
         ensure!(
@@ -155,9 +173,6 @@ impl WinogradMatMul {
             "Winograd matmul input of {}",
             v.len()
         );
-        let geo = Geometry::pointwise(c, (1, t), (1, 1), (1, t));
-        let tasks = gemm::tasks(&geo, k, 1, 1);
-        let starts = geo.row_starts();
         // SAFETY: f32 has no invalid bit patterns, and the tasks write every element.
         let mut out = unsafe { Tensor::uninitialized::<f32>(&[weights.len(), k, t])? };
         {
@@ -169,10 +184,10 @@ impl WinogradMatMul {
                 .zip(out.chunks_exact_mut(k * t))
             {
                 let o = gemm::OutPtr(o.as_mut_ptr());
-                for task in &tasks {
+                for task in &direct.tasks {
                     // SAFETY: `o` holds this position's K x tiles and outlives the call, the
                     // tasks cover it once; `x` is its C x tiles; the kernel was detected.
-                    unsafe { gemm::run_task(&geo, &starts, w, x, o, task, false, true) };
+                    unsafe { gemm::run_task(geo, starts, w, x, o, task, false, true) };
                 }
             }
         }
@@ -193,7 +208,7 @@ impl WinogradMatMul {
                             out.pop().context("Winograd matmul plan without output")
                         })
                 }
-                Backend::Direct(weights) => self.direct(&weights[group], &v),
+                Backend::Direct(direct) => self.direct(direct, group, &v),
             };
             if let Ok(mut slot) = results[group].lock() {
                 *slot = Some(out);
