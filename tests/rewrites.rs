@@ -91,12 +91,13 @@ fn int8_rewrites_fire_on_the_committed_artifact_and_each_off_matches_numpy() {
     #[cfg(target_arch = "x86_64")]
     if std::is_x86_feature_detected!("avx2") {
         // Every conv (17, 3 downsamples) and the classifier; every block's join but the last,
-        // whose sum goes to the average pool in f32, each in its conv's epilogue; the u8
-        // max-pool.
+        // whose sum goes to the average pool in f32, each in its conv's epilogue; the input's
+        // and the pooled features' quantisations; the u8 max-pool.
         let counts = applied(&on);
         assert!(
             counts.contains(&("int8-conv".into(), 21))
                 && counts.contains(&("int8-residual".into(), 7))
+                && counts.contains(&("int8-quantize".into(), 2))
                 && counts.contains(&("max-pool".into(), 1)),
             "{counts:?}"
         );
@@ -108,7 +109,13 @@ fn int8_rewrites_fire_on_the_committed_artifact_and_each_off_matches_numpy() {
     }
     assert_eq!(on["parameters"], off["parameters"]);
     assert_eq!(on["macs_per_image"], off["macs_per_image"]);
-    for off in ["int8-conv", "int8-residual", "max-pool", "all"] {
+    for off in [
+        "int8-conv",
+        "int8-residual",
+        "int8-quantize",
+        "max-pool",
+        "all",
+    ] {
         check_against_quant_reference("resnet18_digits.int8.onnx", 0.02, &["--no-rewrite", off]);
     }
     // Every 3x3 but the stem's runs channels-last by default; this keeps them blocked.

@@ -9,6 +9,7 @@
 
 pub mod direct_conv;
 pub mod int8_conv;
+pub mod int8_quantize;
 pub mod int8_residual;
 pub mod max_pool;
 pub mod phase_planes;
@@ -40,6 +41,9 @@ pub enum Rewrite {
     Int8Conv,
     /// An int8 block's dequantise + add + ReLU + quantise as one u8 op ([`int8_residual`]).
     Int8Residual,
+    /// The other f32 to u8 quantisations (the input's) as one vectorised pass
+    /// ([`int8_quantize`]).
+    Int8Quantize,
     /// 2D max-pools (the stem's) as row folds over the plan's threads ([`max_pool`]).
     MaxPool,
     /// The f32 convolutions `winograd` leaves (1x1, strided, the stem), with their bias and
@@ -48,12 +52,15 @@ pub enum Rewrite {
 }
 
 impl Rewrite {
-    pub const ALL: [Rewrite; 6] = [
+    /// In the order they run: `int8-quantize` after `int8-residual`, which takes the
+    /// quantisations that end a join.
+    pub const ALL: [Rewrite; 7] = [
         Rewrite::Winograd,
         Rewrite::ResidualAdd,
         Rewrite::DirectConv,
         Rewrite::Int8Conv,
         Rewrite::Int8Residual,
+        Rewrite::Int8Quantize,
         Rewrite::MaxPool,
     ];
 
@@ -63,6 +70,7 @@ impl Rewrite {
             Rewrite::ResidualAdd => "residual-add",
             Rewrite::Int8Conv => "int8-conv",
             Rewrite::Int8Residual => "int8-residual",
+            Rewrite::Int8Quantize => "int8-quantize",
             Rewrite::MaxPool => "max-pool",
             Rewrite::DirectConv => "direct-conv",
         }
@@ -75,6 +83,7 @@ impl Rewrite {
             Rewrite::ResidualAdd => residual_add::rewrite(model, node),
             Rewrite::Int8Conv => int8_conv::rewrite(model, node),
             Rewrite::Int8Residual => int8_residual::rewrite(model, node),
+            Rewrite::Int8Quantize => int8_quantize::rewrite(model, node),
             Rewrite::MaxPool => max_pool::rewrite(model, node),
             Rewrite::DirectConv => direct_conv::rewrite(model, node),
         }
@@ -414,8 +423,10 @@ mod tests {
         assert!(some.is_enabled(Rewrite::ResidualAdd));
         assert_eq!(all.without("all").unwrap(), Rewrites::none());
         assert_eq!(
-            all.without(" residual-add , winograd,int8-conv,int8-residual, max-pool,direct-conv ")
-                .unwrap(),
+            all.without(
+                " residual-add , winograd,int8-conv,int8-residual, max-pool,direct-conv,int8-quantize"
+            )
+            .unwrap(),
             Rewrites::none()
         );
         let err = all.without("wingrad").unwrap_err();
