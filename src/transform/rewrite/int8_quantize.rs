@@ -115,6 +115,7 @@ pub fn rewrite(model: &TypedModel, node: &TypedNode) -> TractResult<Option<Typed
 #[cfg(target_arch = "x86_64")]
 mod avx2 {
     use super::QuantizeU8;
+    use crate::transform::rewrite::int8_residual::avx2::pack_u8x16;
     use std::arch::x86_64::*;
 
     /// The first whole 16s of `x` into `y`; returns how many elements that was.
@@ -138,14 +139,7 @@ mod avx2 {
         };
         for i in (0..n).step_by(16) {
             let (a, b) = (eight(x.as_ptr().add(i)), eight(x.as_ptr().add(i + 8)));
-            // packs works per 128-bit lane: [a0-3 b0-3 | a4-7 b4-7], reordered to 0..16.
-            let words = _mm256_permute4x64_epi64(_mm256_packs_epi32(a, b), 0b11_01_10_00);
-            let bytes = _mm256_packus_epi16(words, words);
-            let bytes = _mm256_permute4x64_epi64(bytes, 0b00_00_10_00);
-            _mm_storeu_si128(
-                y.as_mut_ptr().add(i) as *mut __m128i,
-                _mm256_castsi256_si128(bytes),
-            );
+            _mm_storeu_si128(y.as_mut_ptr().add(i) as *mut __m128i, pack_u8x16(a, b));
         }
         n
     }

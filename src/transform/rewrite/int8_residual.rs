@@ -171,6 +171,29 @@ pub(crate) mod avx2 {
         _mm256_cvtepu8_epi32(_mm_loadl_epi64(p as *const __m128i))
     }
 
+    /// `round_even((acc + offset) * multiplier) + y_zero` of eight i32 lanes: a conv's
+    /// requantisation, still to be saturated to u8 (an out-of-range cvtps gives i32::MIN).
+    #[inline(always)]
+    pub unsafe fn requantise8(
+        acc: __m256i,
+        offset: __m256i,
+        multiplier: __m256,
+        y_zero: __m256i,
+    ) -> __m256i {
+        let v = _mm256_cvtepi32_ps(_mm256_add_epi32(acc, offset));
+        // cvtps rounds by MXCSR: to nearest, ties to even.
+        _mm256_add_epi32(_mm256_cvtps_epi32(_mm256_mul_ps(v, multiplier)), y_zero)
+    }
+
+    /// Sixteen i32 lanes (`lo` then `hi`) saturated to u8, in order.
+    #[inline(always)]
+    pub unsafe fn pack_u8x16(lo: __m256i, hi: __m256i) -> __m128i {
+        // packs works per 128-bit lane: [lo0-3 hi0-3 | lo4-7 hi4-7], reordered to 0..16.
+        let words = _mm256_permute4x64_epi64(_mm256_packs_epi32(lo, hi), 0b11_01_10_00);
+        let bytes = _mm256_permute4x64_epi64(_mm256_packus_epi16(words, words), 0b00_00_10_00);
+        _mm256_castsi256_si128(bytes)
+    }
+
     /// `(v - zero) * scale` of eight i32 lanes.
     #[inline(always)]
     pub unsafe fn dequantise(v: __m256i, d: Dequant) -> __m256 {

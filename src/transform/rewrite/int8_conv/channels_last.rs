@@ -65,11 +65,8 @@ impl ChannelsLast {
         let (c, h, wd) = geo.chw;
         let (kh, kw) = geo.kernel;
         let taps = kh * kw;
-        let (x_scale, w_scales, y_zero, y_scale) = q.y?;
+        let (_, _, y_zero, _) = q.y?;
         if m == 0 || c == 0 || w.len() != m * c * taps || q.bias.len() != m {
-            return None;
-        }
-        if w_scales.len() != m {
             return None;
         }
         let c4 = c.div_ceil(KQ) * KQ;
@@ -92,28 +89,18 @@ impl ChannelsLast {
             return None;
         }
         let blocks = m.div_ceil(CB);
-        let mut packed = vec![0i8; blocks * taps * quads * CB * KQ];
-        for (i, v) in packed.iter_mut().enumerate() {
-            let (k, r) = (i % KQ, i / KQ % CB);
-            let (quad, t, b) = (
-                i / (KQ * CB) % quads,
-                i / (KQ * CB * quads) % taps,
-                i / (KQ * CB * quads * taps),
-            );
-            *v = weight(b * CB + r, quad * KQ + k, t);
+        let mut packed = Vec::with_capacity(blocks * taps * quads * CB * KQ);
+        for b in 0..blocks {
+            for t in 0..taps {
+                for quad in 0..quads {
+                    for r in 0..CB {
+                        packed.extend((0..KQ).map(|k| weight(b * CB + r, quad * KQ + k, t)));
+                    }
+                }
+            }
         }
-        let offset = w
-            .chunks(c * taps)
-            .zip(q.bias)
-            .map(|(row, &b)| {
-                let sum: i64 = row.iter().map(|&v| v as i64).sum();
-                i32::try_from(b as i64 - q.x_zero as i64 * sum).ok()
-            })
-            .collect::<Option<Vec<i32>>>()?;
-        let multiplier: Vec<f32> = w_scales.iter().map(|&s| x_scale * s / y_scale).collect();
-        if multiplier.iter().any(|v| !v.is_finite()) {
-            return None;
-        }
+        let offset = q.offsets(w, c * taps)?;
+        let multiplier = q.multipliers(m)?;
         let consts = (0..blocks)
             .map(|b| {
                 let ch = |r: usize| (b * CB + r).min(m - 1);
@@ -186,8 +173,11 @@ impl ChannelsLast {
         let (c4, pixels) = (self.c4, self.pixels);
         let c = x.len() / pixels.max(1);
         dst[pixels * c4..].fill(self.x_zero);
-        // Whole 16 x 16 blocks as SSE2 transposes, the rest byte by byte below.
-        let (blocked_c, blocked_p) = (c / 16 * 16, pixels / 16 * 16);
+        // Whole 16 x 16 blocks as SSE2 transposes (x86), the rest byte by byte below.
+        let (blocked_c, blocked_p) = match cfg!(target_arch = "x86_64") {
+            true => (c / 16 * 16, pixels / 16 * 16),
+            false => (0, 0),
+        };
         #[cfg(target_arch = "x86_64")]
         for ci in (0..blocked_c).step_by(16) {
             for p0 in (0..blocked_p).step_by(16) {
@@ -199,8 +189,6 @@ impl ChannelsLast {
                 }
             }
         }
-        #[cfg(not(target_arch = "x86_64"))]
-        let (blocked_c, blocked_p) = (0, 0);
         // Tiles of 64 pixels: each channel's run is read once, the tile's rows written in
         // cache.
         for p0 in (0..pixels).step_by(64) {
@@ -405,6 +393,7 @@ mod sse2 {
 #[cfg(target_arch = "x86_64")]
 mod avx2 {
     use super::{CB, KQ, PB};
+    use crate::transform::rewrite::int8_residual::avx2::{pack_u8x16, requantise8};
     use std::arch::x86_64::*;
 
     /// `out[r * stride + i] = tile[i][r]`: 4 positions x 16 channels to 16 channel rows of 4
@@ -484,20 +473,9 @@ mod avx2 {
         ];
         let y_zero = _mm256_set1_epi32(y_zero);
         for (c, out) in c.iter().zip(tile.iter_mut()) {
-            let scale = |h: usize| {
-                let v = _mm256_cvtepi32_ps(_mm256_add_epi32(c[h], offset[h]));
-                // cvtps rounds by MXCSR: to nearest, ties to even.
-                _mm256_add_epi32(_mm256_cvtps_epi32(_mm256_mul_ps(v, multiplier[h])), y_zero)
-            };
-            let (lo, hi) = (scale(0), scale(1));
-            // packs works per 128-bit lane: [lo0-3 hi0-3 | lo4-7 hi4-7], reordered to 0..16.
-            let words = _mm256_permute4x64_epi64(_mm256_packs_epi32(lo, hi), 0b11_01_10_00);
-            let bytes = _mm256_packus_epi16(words, words);
-            let bytes = _mm256_permute4x64_epi64(bytes, 0b00_00_10_00);
-            _mm_storeu_si128(
-                out.as_mut_ptr() as *mut __m128i,
-                _mm256_castsi256_si128(bytes),
-            );
+            let lo = requantise8(c[0], offset[0], multiplier[0], y_zero);
+            let hi = requantise8(c[1], offset[1], multiplier[1], y_zero);
+            _mm_storeu_si128(out.as_mut_ptr() as *mut __m128i, pack_u8x16(lo, hi));
         }
     }
 }

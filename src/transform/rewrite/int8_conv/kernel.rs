@@ -83,6 +83,28 @@ pub struct QParams<'a> {
     pub y: Option<(f32, &'a [f32], u8, f32)>,
 }
 
+impl QParams<'_> {
+    /// Per output channel of `w` (`[m, depth]`), `bias - x_zero * sum(w)`: the input zero point
+    /// folded out of the accumulator. `None` where that leaves i32.
+    pub fn offsets(&self, w: &[i8], depth: usize) -> Option<Vec<i32>> {
+        w.chunks(depth.max(1))
+            .zip(self.bias)
+            .map(|(row, &b)| {
+                let sum: i64 = row.iter().map(|&v| v as i64).sum();
+                i32::try_from(b as i64 - self.x_zero as i64 * sum).ok()
+            })
+            .collect()
+    }
+
+    /// Per output channel, `x_scale * w_scale / y_scale` (the accumulator to u8), for `m`
+    /// channels; `None` without requantisation or when one is not finite.
+    pub fn multipliers(&self, m: usize) -> Option<Vec<f32>> {
+        let (x_scale, w_scales, _, y_scale) = self.y?;
+        let multiplier: Vec<f32> = w_scales.iter().map(|&s| x_scale * s / y_scale).collect();
+        (multiplier.len() == m && multiplier.iter().all(|v| v.is_finite())).then_some(multiplier)
+    }
+}
+
 impl Weights {
     /// Pack `w` (`[m, depth]`, OIHW order); `None` when some pair of weights the microkernel
     /// multiplies together could saturate (see [`PAIR_MAX`]).
@@ -107,22 +129,11 @@ impl Weights {
                 packed[((g * quads + k / KQ) * MR + r) * KQ + k % KQ] = v;
             }
         }
-        let offset = w
-            .chunks(depth)
-            .zip(q.bias)
-            .map(|(row, &b)| {
-                let sum: i64 = row.iter().map(|&v| v as i64).sum();
-                i32::try_from(b as i64 - q.x_zero as i64 * sum).ok()
-            })
-            .collect::<Option<Vec<i32>>>()?;
+        let offset = q.offsets(w, depth)?;
         let requant = match q.y {
             None => None,
-            Some((x_scale, w_scales, y_zero, y_scale)) => {
-                let multiplier: Vec<f32> =
-                    w_scales.iter().map(|&s| x_scale * s / y_scale).collect();
-                if multiplier.len() != m || multiplier.iter().any(|v| !v.is_finite()) {
-                    return None;
-                }
+            Some((_, _, y_zero, _)) => {
+                let multiplier = q.multipliers(m)?;
                 let consts = (0..groups)
                     .map(|g| {
                         std::array::from_fn(|r| {
@@ -518,7 +529,9 @@ mod sse2 {
 #[cfg(target_arch = "x86_64")]
 mod avx2 {
     use super::{Epilogue, OutPtr, B, KQ, MR, NR};
-    use crate::transform::rewrite::int8_residual::avx2::{dequantise, join8, load_u8x8};
+    use crate::transform::rewrite::int8_residual::avx2::{
+        dequantise, join8, load_u8x8, pack_u8x16, requantise8,
+    };
     use std::arch::x86_64::*;
 
     /// The accumulators of one block, in registers: of its first `V * 8` positions (`V` 1 or
@@ -667,11 +680,7 @@ mod avx2 {
                 let i = at + half * 8;
                 // The conv's u8 output, as `store_requantised` saturates it (an out-of-range
                 // cvtps gives i32::MIN, which both make 0).
-                let v = _mm256_cvtepi32_ps(_mm256_add_epi32(acc, offset));
-                let a = _mm256_add_epi32(
-                    _mm256_cvtps_epi32(_mm256_mul_ps(v, multiplier)),
-                    _mm256_set1_epi32(y_zero),
-                );
+                let a = requantise8(acc, offset, multiplier, _mm256_set1_epi32(y_zero));
                 let a = _mm256_min_epi32(_mm256_max_epi32(a, u8_min), u8_max);
                 let db = match e.b {
                     B::Quantised(b, d) => dequantise(load_u8x8(b[i..i + 8].as_ptr()), d),
@@ -680,9 +689,7 @@ mod avx2 {
                 let sum = e.sum.map(|sum| (sum.0 as *mut f32).add(i));
                 *y = join8(op, dequantise(a, op.a), db, sum);
             }
-            let words = _mm256_permute4x64_epi64(_mm256_packs_epi32(y[0], y[1]), 0b11_01_10_00);
-            let bytes = _mm256_permute4x64_epi64(_mm256_packus_epi16(words, words), 0b00_00_10_00);
-            _mm_storeu_si128(out.0.add(at) as *mut __m128i, _mm256_castsi256_si128(bytes));
+            _mm_storeu_si128(out.0.add(at) as *mut __m128i, pack_u8x16(y[0], y[1]));
         }
     }
 
@@ -695,23 +702,11 @@ mod avx2 {
         y_zero: i32,
         out: &mut [u8; NR],
     ) {
-        let offset = _mm256_set1_epi32(offset);
-        let multiplier = _mm256_set1_ps(multiplier);
+        let (offset, multiplier) = (_mm256_set1_epi32(offset), _mm256_set1_ps(multiplier));
         let y_zero = _mm256_set1_epi32(y_zero);
-        let scale = |v: __m256i| {
-            let v = _mm256_cvtepi32_ps(_mm256_add_epi32(v, offset));
-            // cvtps rounds by MXCSR: to nearest, ties to even.
-            _mm256_add_epi32(_mm256_cvtps_epi32(_mm256_mul_ps(v, multiplier)), y_zero)
-        };
-        let (lo, hi) = (scale(lo), scale(hi));
-        // packs works per 128-bit lane: [lo0-3 hi0-3 | lo4-7 hi4-7], reordered to 0..16.
-        let words = _mm256_permute4x64_epi64(_mm256_packs_epi32(lo, hi), 0b11_01_10_00);
-        let bytes = _mm256_packus_epi16(words, words);
-        let bytes = _mm256_permute4x64_epi64(bytes, 0b00_00_10_00);
-        _mm_storeu_si128(
-            out.as_mut_ptr() as *mut __m128i,
-            _mm256_castsi256_si128(bytes),
-        );
+        let lo = requantise8(lo, offset, multiplier, y_zero);
+        let hi = requantise8(hi, offset, multiplier, y_zero);
+        _mm_storeu_si128(out.as_mut_ptr() as *mut __m128i, pack_u8x16(lo, hi));
     }
 }
 

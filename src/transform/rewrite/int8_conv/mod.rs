@@ -109,8 +109,12 @@ impl Op for Int8Conv {
 
     fn info(&self) -> TractResult<Vec<String>> {
         let g = &self.geometry;
+        let kernel = match self.weights {
+            Packed::Blocked(_) => "blocked",
+            Packed::ChannelsLast(_) => "channels-last",
+        };
         Ok(vec![format!(
-            "{}x{} stride {:?}, {} -> {} channels",
+            "{}x{} stride {:?}, {} -> {} channels, {kernel} kernel",
             g.kernel.0,
             g.kernel.1,
             g.stride,
