@@ -483,18 +483,13 @@ mod avx2 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::transform::rewrite::int8_conv::kernel::tests::reference;
+    use crate::transform::rewrite::int8_conv::kernel::tests::{reference, test_weights};
     use crate::transform::rewrite::test_bytes as bytes;
 
     fn check(geo: Geometry, m: usize, images: usize, fast: bool) {
         let depth = geo.depth();
         let x = bytes(images * geo.input_len(), 3);
-        let w: Vec<i8> = bytes(m * depth, 5)
-            .iter()
-            .map(|&b| (b as i32 % 129 - 64) as i8)
-            .collect();
-        let bias: Vec<i32> = (0..m as i32).map(|i| i * 997 - 20_000).collect();
-        let w_scales: Vec<f32> = (0..m).map(|i| 0.001 + i as f32 * 1e-4).collect();
+        let (w, bias, w_scales) = test_weights(m, depth);
         let q = QParams {
             x_zero: 7,
             bias: &bias,

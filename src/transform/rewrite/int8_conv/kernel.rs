@@ -756,15 +756,22 @@ pub(crate) mod tests {
         out
     }
 
-    fn check(geo: Geometry, m: usize, requantised: bool, fast: bool) {
-        let depth = geo.depth();
-        let x = bytes(geo.input_len(), 3);
-        let w: Vec<i8> = bytes(m * depth, 5)
+    /// A test conv's weights (`[m, depth]`, 7-bit), biases and weight scales: the scales put
+    /// some requantised outputs past either end of u8.
+    pub(crate) fn test_weights(m: usize, depth: usize) -> (Vec<i8>, Vec<i32>, Vec<f32>) {
+        let w = bytes(m * depth, 5)
             .iter()
             .map(|&b| (b as i32 % 129 - 64) as i8)
             .collect();
-        let bias: Vec<i32> = (0..m as i32).map(|i| i * 997 - 20_000).collect();
-        let w_scales: Vec<f32> = (0..m).map(|i| 0.001 + i as f32 * 1e-4).collect();
+        let bias = (0..m as i32).map(|i| i * 997 - 20_000).collect();
+        let w_scales = (0..m).map(|i| 0.001 + i as f32 * 1e-4).collect();
+        (w, bias, w_scales)
+    }
+
+    fn check(geo: Geometry, m: usize, requantised: bool, fast: bool) {
+        let depth = geo.depth();
+        let x = bytes(geo.input_len(), 3);
+        let (w, bias, w_scales) = test_weights(m, depth);
         let q = QParams {
             x_zero: 7,
             bias: &bias,
