@@ -11,6 +11,7 @@ use tract_core::internal::*;
 use tract_core::ops::element_wise::ElementWiseOp;
 use tract_core::ops::quant::QuantizeLinearU8;
 
+use super::int8_residual::quantise_u8;
 use super::on_tract_threads;
 
 /// Elements per unit of work handed to a thread.
@@ -37,8 +38,7 @@ impl Op for QuantizeU8 {
 impl QuantizeU8 {
     /// One element, as tract's `quantize_linear_f32_u8` (a NaN product rounds to 0).
     fn one(&self, x: f32) -> u8 {
-        let v = (x * self.inv_scale).round_ties_even() as i32;
-        v.saturating_add(self.zero).clamp(0, 255) as u8
+        quantise_u8(x, self.inv_scale, self.zero)
     }
 
     fn run(&self, x: &[f32], y: &mut [u8]) {
@@ -115,7 +115,7 @@ pub fn rewrite(model: &TypedModel, node: &TypedNode) -> TractResult<Option<Typed
 #[cfg(target_arch = "x86_64")]
 mod avx2 {
     use super::QuantizeU8;
-    use crate::transform::rewrite::int8_residual::avx2::pack_u8x16;
+    use crate::transform::rewrite::int8_residual::avx2::{pack_u8x16, quantise8};
     use std::arch::x86_64::*;
 
     /// The first whole 16s of `x` into `y`; returns how many elements that was.
@@ -125,17 +125,12 @@ mod avx2 {
     #[target_feature(enable = "avx2")]
     pub unsafe fn quantise(op: &QuantizeU8, x: &[f32], y: &mut [u8]) -> usize {
         let n = x.len().min(y.len()) / 16 * 16;
-        let scale = _mm256_set1_ps(op.inv_scale);
-        let zero = _mm256_set1_epi32(op.zero);
-        // Outside i32 cvtps would give i32::MIN; the u8 clamp makes any such value 0 or 255.
-        let (lo, hi) = (_mm256_set1_ps(-1e9), _mm256_set1_ps(1e9));
         let eight = |p: *const f32| {
-            let v = _mm256_mul_ps(_mm256_loadu_ps(p), scale);
-            // NaN to 0, as `round_ties_even(NaN) as i32` is.
+            let v = _mm256_loadu_ps(p);
+            // NaN to 0 (its product with the finite scale would be NaN), as
+            // `round_ties_even(NaN) as i32` is.
             let v = _mm256_and_ps(v, _mm256_cmp_ps(v, v, _CMP_ORD_Q));
-            // cvtps rounds by MXCSR: to nearest, ties to even.
-            let v = _mm256_cvtps_epi32(_mm256_min_ps(_mm256_max_ps(v, lo), hi));
-            _mm256_add_epi32(v, zero)
+            quantise8(v, op.inv_scale, op.zero)
         };
         for i in (0..n).step_by(16) {
             let (a, b) = (eight(x.as_ptr().add(i)), eight(x.as_ptr().add(i + 8)));

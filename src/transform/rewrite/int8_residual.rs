@@ -135,8 +135,7 @@ fn join_generic(op: &Int8ResidualAdd, a: &[u8], b: B, q: &mut [u8], s: Option<&m
             v
         }
     };
-    let quantise =
-        |v: f32| ((v * op.inv_scale).round_ties_even() as i32 + op.zero).clamp(0, 255) as u8;
+    let quantise = |v: f32| quantise_u8(v, op.inv_scale, op.zero);
     match s {
         Some(s) => {
             let s = &mut s[..n];
@@ -158,6 +157,14 @@ pub(crate) fn join(op: &Int8ResidualAdd, a: &[u8], b: B, q: &mut [u8], s: Option
         return unsafe { avx2::join(op, a, b, q, s) };
     }
     join_generic(op, a, b, q, s)
+}
+
+/// `clamp(round_ties_even(v * inv_scale) + zero, 0, 255)`, tract's `quantize_linear_f32_u8`:
+/// what the join and `int8-quantize` end with. Where `v * inv_scale` leaves i32 the sum
+/// saturates (as [`avx2::quantise8`] does) rather than overflowing as tract's does.
+pub(crate) fn quantise_u8(v: f32, inv_scale: f32, zero: i32) -> u8 {
+    let y = (v * inv_scale).round_ties_even() as i32;
+    y.saturating_add(zero).clamp(0, 255) as u8
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -219,12 +226,19 @@ pub(crate) mod avx2 {
         if let Some(sum) = sum {
             _mm256_storeu_ps(sum, v);
         }
+        quantise8(v, op.inv_scale, op.zero)
+    }
+
+    /// [`super::quantise_u8`] of eight lanes, as i32 lanes for the caller's saturating pack to
+    /// u8.
+    #[inline(always)]
+    pub unsafe fn quantise8(v: __m256, inv_scale: f32, zero: i32) -> __m256i {
         // Outside i32 cvtps would give i32::MIN; the u8 clamp makes any such value 0 or 255.
         let (lo, hi) = (_mm256_set1_ps(-1e9), _mm256_set1_ps(1e9));
-        let scaled = _mm256_mul_ps(v, _mm256_set1_ps(op.inv_scale));
+        let scaled = _mm256_mul_ps(v, _mm256_set1_ps(inv_scale));
         // cvtps rounds by MXCSR: to nearest, ties to even, as tract's round_ties_to_even.
         let y = _mm256_cvtps_epi32(_mm256_min_ps(_mm256_max_ps(scaled, lo), hi));
-        _mm256_add_epi32(y, _mm256_set1_epi32(op.zero))
+        _mm256_add_epi32(y, _mm256_set1_epi32(zero))
     }
 
     /// [`join_generic`] eight elements at a time, the same f32 operations in the same order.

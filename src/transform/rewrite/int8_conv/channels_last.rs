@@ -10,7 +10,7 @@
 //! transpose. onnxruntime runs ResNet-50's 3x3s this way at 95% of this machine's multiply
 //! peak (README, "Where the int8 time goes").
 
-use super::kernel::{Epilogue, OutPtr, QParams, PAIR_MAX};
+use super::kernel::{requantise, Epilogue, OutPtr, QParams, PAIR_MAX};
 use super::Geometry;
 use crate::transform::rewrite::copy_run;
 use crate::transform::rewrite::int8_residual::{join, B};
@@ -286,7 +286,6 @@ impl ChannelsLast {
     ) {
         const LEN: usize = CB * PB;
         let len = channels * n;
-        let row = |r: usize| at + r * self.positions;
         let mut a = [0u8; LEN];
         for r in 0..channels {
             for (i, position) in tile.iter().enumerate().take(n) {
@@ -296,15 +295,11 @@ impl ChannelsLast {
         let (mut bq, mut bf) = ([0u8; LEN], [0f32; LEN]);
         let b = match e.b {
             B::Quantised(b, d) => {
-                for r in 0..channels {
-                    copy_run::<_, PB>(&mut bq[r * n..][..n], &b[row(r)..][..n]);
-                }
+                self.gather(b, at, channels, n, &mut bq);
                 B::Quantised(&bq[..len], d)
             }
             B::Float(b) => {
-                for r in 0..channels {
-                    copy_run::<_, PB>(&mut bf[r * n..][..n], &b[row(r)..][..n]);
-                }
+                self.gather(b, at, channels, n, &mut bf);
                 B::Float(&bf[..len])
             }
         };
@@ -316,14 +311,36 @@ impl ChannelsLast {
             &mut q[..len],
             e.sum.map(|_| &mut s[..len]),
         );
+        self.scatter(&q, out.0, at, channels, n);
+        if let Some(sum) = e.sum {
+            self.scatter(&s, sum.0 as *mut f32, at, channels, n);
+        }
+    }
+
+    /// Rows `r < channels` of `n` elements at `src[at + r * positions..]`, one after another
+    /// in `dst`.
+    fn gather<T: Copy>(&self, src: &[T], at: usize, channels: usize, n: usize, dst: &mut [T]) {
         for r in 0..channels {
-            let at = row(r);
-            let dst = std::slice::from_raw_parts_mut(out.0.add(at), n);
-            copy_run::<_, PB>(dst, &q[r * n..][..n]);
-            if let Some(sum) = e.sum {
-                let dst = std::slice::from_raw_parts_mut((sum.0 as *mut f32).add(at), n);
-                copy_run::<_, PB>(dst, &s[r * n..][..n]);
-            }
+            let row = &src[at + r * self.positions..][..n];
+            copy_run::<_, PB>(&mut dst[r * n..][..n], row);
+        }
+    }
+
+    /// [`Self::gather`]'s inverse: `src`'s runs of `n` to rows `r` at `dst + at + r * positions`.
+    ///
+    /// # Safety
+    /// Those rows writable, and no other unit's.
+    unsafe fn scatter<T: Copy>(
+        &self,
+        src: &[T],
+        dst: *mut T,
+        at: usize,
+        channels: usize,
+        n: usize,
+    ) {
+        for r in 0..channels {
+            let row = std::slice::from_raw_parts_mut(dst.add(at + r * self.positions), n);
+            copy_run::<_, PB>(row, &src[r * n..][..n]);
         }
     }
 
@@ -350,8 +367,7 @@ impl ChannelsLast {
                 }
             }
             for (r, o) in out.iter_mut().enumerate() {
-                let v = ((acc[r] + consts.0[r]) as f32 * consts.1[r]).round_ties_even() as i32;
-                *o = v.saturating_add(self.y_zero).clamp(0, 255) as u8;
+                *o = requantise(acc[r], consts.0[r], consts.1[r], self.y_zero);
             }
         }
     }

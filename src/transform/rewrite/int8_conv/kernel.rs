@@ -164,6 +164,14 @@ impl Weights {
     }
 }
 
+/// `clamp(round_ties_even((acc + offset) * multiplier) + y_zero, 0, 255)`: the portable
+/// kernels' requantisation (the AVX2 ones: `requantise8`), saturating where the product
+/// leaves i32.
+pub fn requantise(acc: i32, offset: i32, multiplier: f32, y_zero: i32) -> u8 {
+    let v = ((acc + offset) as f32 * multiplier).round_ties_even() as i32;
+    v.saturating_add(y_zero).clamp(0, 255) as u8
+}
+
 /// Whether the fast microkernel runs on this CPU.
 pub fn available() -> bool {
     #[cfg(target_arch = "x86_64")]
@@ -497,8 +505,7 @@ fn requantised(
     microkernel(x, w, quads, half, &mut acc, fast);
     for ((acc, out), &(offset, multiplier)) in acc.iter().zip(out.iter_mut()).zip(consts) {
         for (o, &a) in out.iter_mut().zip(acc) {
-            let v = ((a + offset) as f32 * multiplier).round_ties_even() as i32 + y_zero;
-            *o = v.clamp(0, 255) as u8;
+            *o = requantise(a, offset, multiplier, y_zero);
         }
     }
 }
