@@ -6,6 +6,9 @@
 mod common;
 use common::*;
 
+/// Caps the SIMD level the kernels use (src/transform/rewrite/isa.rs).
+const ISA_ENV: &str = "RESNET_EDGE_ISA";
+
 /// The rewrite names and their counts from `info --format json`.
 fn applied(info: &serde_json::Value) -> Vec<(String, u64)> {
     info["rewrites"]["applied"]
@@ -41,6 +44,8 @@ fn each_rewrite_off_still_matches_pytorch() {
         for off in ["winograd", "residual-add", "direct-conv", "max-pool", "all"] {
             check_against_pytorch(&model, &logits, &["--no-rewrite", off]);
         }
+        // Where the CPU has AVX-512 the convs run its kernel; this runs them on AVX2's.
+        check_against_pytorch_with_env(&model, &logits, &[], Some((ISA_ENV, "avx2")));
     }
 }
 
@@ -124,6 +129,13 @@ fn int8_rewrites_fire_on_the_committed_artifact_and_each_off_matches_numpy() {
         0.02,
         &[],
         Some(("RESNET_EDGE_CHANNELS_LAST", "0")),
+    );
+    // Where the CPU has AVX-512 VNNI the convs multiply with `vpdpbusd`; this keeps AVX2's.
+    check_against_quant_reference_with_env(
+        "resnet18_digits.int8.onnx",
+        0.02,
+        &[],
+        Some((ISA_ENV, "avx2")),
     );
 }
 

@@ -127,12 +127,25 @@ pub fn logits_vs_reference(
     logits_json: &Path,
     extra: &[&str],
 ) -> Vec<(String, Vec<f32>, Vec<f32>)> {
+    logits_vs_reference_with_env(model, logits_json, extra, None)
+}
+
+/// [`logits_vs_reference`] with one environment variable set.
+pub fn logits_vs_reference_with_env(
+    model: &str,
+    logits_json: &Path,
+    extra: &[&str],
+    env: Option<(&str, &str)>,
+) -> Vec<(String, Vec<f32>, Vec<f32>)> {
     let reference = read_json(logits_json);
     let inputs = input_paths();
     let mut args = vec!["classify", model, "--logits", "--format", "json"];
     args.extend(extra);
     args.extend(inputs.iter().map(String::as_str));
-    let rows = run_json(&args);
+    let rows = match env {
+        Some((key, value)) => run_json_with_env(&args, key, value),
+        None => run_json(&args),
+    };
     let rows = rows.as_array().unwrap();
     assert_eq!(rows.len(), inputs.len());
     rows.iter()
@@ -167,11 +180,21 @@ pub fn argmax(v: &[f32]) -> usize {
 /// One model file, all preprocessed photos in one run (plus `extra` flags), each logits row
 /// within 1e-4 relative of PyTorch's in `logits_json`.
 pub fn check_against_pytorch(model: &str, logits_json: &Path, extra: &[&str]) {
-    for (photo, got, want) in logits_vs_reference(model, logits_json, extra) {
+    check_against_pytorch_with_env(model, logits_json, extra, None)
+}
+
+/// [`check_against_pytorch`] with one environment variable set.
+pub fn check_against_pytorch_with_env(
+    model: &str,
+    logits_json: &Path,
+    extra: &[&str],
+    env: Option<(&str, &str)>,
+) {
+    for (photo, got, want) in logits_vs_reference_with_env(model, logits_json, extra, env) {
         let d = rel_diff(&got, &want);
         assert!(
             d < 1e-4,
-            "{model} {extra:?} on {photo}: relative diff {d:e}"
+            "{model} {extra:?} {env:?} on {photo}: relative diff {d:e}"
         );
     }
 }

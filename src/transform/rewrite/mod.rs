@@ -11,6 +11,7 @@ pub mod direct_conv;
 pub mod int8_conv;
 pub mod int8_quantize;
 pub mod int8_residual;
+pub mod isa;
 pub mod max_pool;
 pub mod phase_planes;
 pub mod residual_add;

@@ -111,7 +111,7 @@ impl EvalOp for DirectConv {
             ensure!(x.len() == images * g.input_len());
             let ptr = OutPtr(out.as_mut_ptr());
             let tasks = kernel::tasks(g, self.weights.m, images, tract_threads());
-            let fast = kernel::available();
+            let isa = kernel::Isa::detect();
             let x = &*prepare(g, x, 0.0);
             let starts = &g.row_starts();
             on_tract_threads_in_runs(tasks, |run| {
@@ -119,7 +119,7 @@ impl EvalOp for DirectConv {
                     // SAFETY: `out` holds every image's channels x positions and outlives the
                     // scope; tasks cover disjoint channels x positions; `x` holds every image.
                     unsafe {
-                        kernel::run_task(g, starts, &self.weights, x, ptr, &task, self.relu, fast)
+                        kernel::run_task(g, starts, &self.weights, x, ptr, &task, self.relu, isa)
                     };
                 }
             });
@@ -531,9 +531,14 @@ mod tests {
                 }
             }
             let xp = prepare(&geo, &x, 0.0);
-            for fast in [false, kernel::available()] {
+            // One thread's tasks hold every channel group (AVX-512 pairs the groups), three
+            // threads' split them.
+            let runs = kernel::Isa::available()
+                .into_iter()
+                .flat_map(|i| [(i, 1), (i, 3)]);
+            for (isa, threads) in runs {
                 let mut out = vec![f32::NAN; m * p];
-                for task in tasks(&geo, m, 1, 3) {
+                for task in tasks(&geo, m, 1, threads) {
                     unsafe {
                         run_task(
                             &geo,
@@ -543,14 +548,14 @@ mod tests {
                             OutPtr(out.as_mut_ptr()),
                             &task,
                             true,
-                            fast,
+                            isa,
                         )
                     };
                 }
                 for (i, (a, b)) in expected.iter().zip(&out).enumerate() {
                     assert!(
                         (a - b).abs() <= 1e-4,
-                        "{geo:?} fast {fast}: {i}: {a} vs {b}"
+                        "{geo:?} {isa:?} {threads} threads: {i}: {a} vs {b}"
                     );
                 }
             }

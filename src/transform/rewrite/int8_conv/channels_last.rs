@@ -10,7 +10,7 @@
 //! transpose. onnxruntime runs ResNet-50's 3x3s this way at 95% of this machine's multiply
 //! peak (README, "Where the int8 time goes").
 
-use super::kernel::{requantise, Epilogue, OutPtr, QParams, PAIR_MAX};
+use super::kernel::{requantise, Epilogue, Isa, OutPtr, QParams, PAIR_MAX};
 use super::Geometry;
 use crate::transform::rewrite::copy_run;
 use crate::transform::rewrite::int8_residual::{join, B};
@@ -223,7 +223,7 @@ impl ChannelsLast {
         out: OutPtr,
         unit: Unit,
         epilogue: Option<&Epilogue>,
-        fast: bool,
+        isa: Isa,
     ) {
         assert!(img.len() >= self.image_len());
         let quads = self.c4 / KQ;
@@ -243,17 +243,17 @@ impl ChannelsLast {
             let mut tile = [[0u8; CB]; PB];
             let at = base + p0;
             #[cfg(target_arch = "x86_64")]
-            if fast {
-                // SAFETY: AVX2 (`fast`); offsets point inside `img` (asserted length), and `w`
+            if isa >= Isa::Avx2 {
+                // SAFETY: AVX2 (`isa`); offsets point inside `img` (asserted length), and `w`
                 // holds `taps * quads` steps.
-                avx2::tile(img, offsets, quads, w, consts, self.y_zero, &mut tile);
+                avx2::tile(img, offsets, quads, w, consts, self.y_zero, &mut tile, isa);
                 if n == PB && channels == CB && epilogue.is_none() {
                     // SAFETY: AVX2; the block's 16 channel rows hold positions p0..p0 + 4.
                     avx2::store_transposed(&tile, out.0.add(at), self.positions);
                     continue;
                 }
             }
-            if !fast {
+            if isa < Isa::Avx2 {
                 self.tile(img, offsets, quads, w, consts, &mut tile);
             }
             if let Some(e) = epilogue {
@@ -408,7 +408,8 @@ mod sse2 {
 
 #[cfg(target_arch = "x86_64")]
 mod avx2 {
-    use super::{CB, KQ, PB};
+    use super::{Isa, CB, KQ, PB};
+    use crate::transform::rewrite::int8_conv::kernel::avx2::dot;
     use crate::transform::rewrite::int8_residual::avx2::{pack_u8x16, requantise8};
     use std::arch::x86_64::*;
 
@@ -444,6 +445,7 @@ mod avx2 {
     /// # Safety
     /// AVX2; every offset plus `quads * 4` inside `img`; `w` holds `offsets[0].len() * quads`
     /// steps of 64 bytes.
+    #[allow(clippy::too_many_arguments)]
     #[target_feature(enable = "avx2")]
     pub unsafe fn tile(
         img: &[u8],
@@ -453,8 +455,24 @@ mod avx2 {
         consts: &([i32; CB], [f32; CB]),
         y_zero: i32,
         tile: &mut [[u8; CB]; PB],
+        isa: Isa,
     ) {
-        let ones = _mm256_set1_epi16(1);
+        let c = if isa >= Isa::Avx512Vnni {
+            accumulate::<true>(img, offsets, quads, w)
+        } else {
+            accumulate::<false>(img, offsets, quads, w)
+        };
+        requantise_tile(&c, consts, y_zero, tile);
+    }
+
+    /// The tile's i32 sums: `[position][channels 0..8, 8..16]`.
+    #[inline(always)]
+    unsafe fn accumulate<const VNNI: bool>(
+        img: &[u8],
+        offsets: [&[u32]; PB],
+        quads: usize,
+        w: &[i8],
+    ) -> [[__m256i; 2]; PB] {
         let mut c = [[_mm256_setzero_si256(); 2]; PB];
         let taps = offsets[0].len();
         debug_assert!(w.len() >= taps * quads * CB * KQ);
@@ -468,17 +486,22 @@ mod avx2 {
                 wp = wp.add(2);
                 for (c, row) in c.iter_mut().zip(&rows) {
                     let x = _mm256_set1_epi32((row.add(q * KQ) as *const i32).read_unaligned());
-                    c[0] = _mm256_add_epi32(
-                        c[0],
-                        _mm256_madd_epi16(_mm256_maddubs_epi16(x, w0), ones),
-                    );
-                    c[1] = _mm256_add_epi32(
-                        c[1],
-                        _mm256_madd_epi16(_mm256_maddubs_epi16(x, w1), ones),
-                    );
+                    c[0] = dot::<VNNI>(c[0], x, w0);
+                    c[1] = dot::<VNNI>(c[1], x, w1);
                 }
             }
         }
+        c
+    }
+
+    /// The tile requantised: `tile[i]` is position `i`'s 16 bytes.
+    #[inline(always)]
+    unsafe fn requantise_tile(
+        c: &[[__m256i; 2]; PB],
+        consts: &([i32; CB], [f32; CB]),
+        y_zero: i32,
+        tile: &mut [[u8; CB]; PB],
+    ) {
         let offset = [
             _mm256_loadu_si256(consts.0.as_ptr() as *const __m256i),
             _mm256_loadu_si256(consts.0.as_ptr().add(8) as *const __m256i),
@@ -502,7 +525,7 @@ mod tests {
     use crate::transform::rewrite::int8_conv::kernel::tests::{reference, test_weights};
     use crate::transform::rewrite::test_bytes as bytes;
 
-    fn check(geo: Geometry, m: usize, images: usize, fast: bool) {
+    fn check(geo: Geometry, m: usize, images: usize, isa: Isa) {
         let depth = geo.depth();
         let x = bytes(images * geo.input_len(), 3);
         let (w, bias, w_scales) = test_weights(m, depth);
@@ -538,14 +561,14 @@ mod tests {
         // Units in reverse: none depends on another's order.
         for unit in cl.units(images).into_iter().rev() {
             let img = &nhwc[unit.image * len..][..len];
-            unsafe { cl.run(img, OutPtr(got.as_mut_ptr()), unit, None, fast) };
+            unsafe { cl.run(img, OutPtr(got.as_mut_ptr()), unit, None, isa) };
         }
         let off = want
             .iter()
             .zip(&got)
             .filter(|(a, b)| **a != **b as i64)
             .count();
-        assert_eq!(off, 0, "{geo:?} m={m} fast={fast}: {off} outputs differ");
+        assert_eq!(off, 0, "{geo:?} m={m} {isa:?}: {off} outputs differ");
         let clamped = want.iter().filter(|&&v| v == 0 || v == 255).count();
         assert!(
             clamped > 0 && clamped < want.len(),
@@ -578,18 +601,24 @@ mod tests {
     #[test]
     fn scalar_kernel_matches_the_definition() {
         for (geo, m, images) in geometries() {
-            check(geo, m, images, false);
+            check(geo, m, images, Isa::Portable);
         }
     }
 
+    /// Each SIMD level this CPU has (AVX2's `vpmaddubsw`, AVX-512 VNNI's `vpdpbusd`).
     #[test]
-    fn avx2_kernel_matches_the_definition() {
-        if !crate::transform::rewrite::int8_conv::kernel::available() {
+    fn simd_kernels_match_the_definition() {
+        let isas: Vec<Isa> = Isa::available()
+            .into_iter()
+            .filter(|&i| i >= Isa::Avx2)
+            .collect();
+        if isas.is_empty() {
             eprintln!("no AVX2 here: the scalar kernel is what the test above checks");
-            return;
         }
-        for (geo, m, images) in geometries() {
-            check(geo, m, images, true);
+        for isa in isas {
+            for (geo, m, images) in geometries() {
+                check(geo, m, images, isa);
+            }
         }
     }
 

@@ -16,6 +16,7 @@
 use std::cell::RefCell;
 
 use crate::transform::rewrite::int8_residual::{join, Int8ResidualAdd, B};
+pub use crate::transform::rewrite::isa::Isa;
 pub use crate::transform::rewrite::phase_planes::{output_runs, prepare, Geometry, Rows, Task, NR};
 
 /// Output channels per microkernel call (the broadcast side).
@@ -172,16 +173,9 @@ pub fn requantise(acc: i32, offset: i32, multiplier: f32, y_zero: i32) -> u8 {
     v.saturating_add(y_zero).clamp(0, 255) as u8
 }
 
-/// Whether the fast microkernel runs on this CPU.
+/// Whether a SIMD microkernel runs on this CPU (the rule only fires where one does).
 pub fn available() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        std::arch::is_x86_feature_detected!("avx2")
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        false
-    }
+    Isa::detect() >= Isa::Avx2
 }
 
 /// The tasks of a convolution over `images` images for `threads` threads (see
@@ -236,13 +230,13 @@ impl Epilogue<'_> {
         at: &[usize; MR],
         runs: &[(usize, usize, usize)],
         out: OutPtr,
-        fast: bool,
+        isa: Isa,
     ) {
         #[cfg(target_arch = "x86_64")]
-        if fast {
+        if isa >= Isa::Avx2 {
             return avx2::join_runs(self, a, rows, at, runs, out);
         }
-        let _ = fast;
+        let _ = isa;
         for (a, &at) in a.iter().zip(at).take(rows) {
             for &(j, pos, run) in runs {
                 self.apply(&a[j..j + run], out, at + pos, join);
@@ -300,7 +294,7 @@ pub unsafe fn run_task(
     out_len: usize,
     task: &Task,
     epilogue: Option<&Epilogue>,
-    fast: bool,
+    isa: Isa,
 ) {
     let image = &x[task.image * geo.prepared_len()..(task.image + 1) * geo.prepared_len()];
     let p = geo.positions();
@@ -340,22 +334,22 @@ pub unsafe fn run_task(
                 };
                 #[cfg(target_arch = "x86_64")]
                 if let (Some((consts, y_zero)), true, [(0, pos, NR)]) =
-                    (&consts, fast, &runs[..count])
+                    (&consts, isa >= Isa::Avx2, &runs[..count])
                 {
                     // A whole block of one output row: requantised, joined if there is a join,
                     // and stored straight from the registers.
                     let at: [usize; MR] = std::array::from_fn(|r| base + (g * MR + r) * p + pos);
                     debug_assert!(at[channels.len() - 1] + NR <= out_len);
                     let (xp, wp, consts) = (xb.as_ptr(), wg.as_ptr(), &consts[..channels.len()]);
-                    // SAFETY: AVX2 (`fast`), the rows' ranges in bounds (above) and this task's.
+                    // SAFETY: AVX2 (`isa`), the rows' ranges in bounds (above) and this task's.
                     unsafe {
                         match epilogue {
                             Some(e) => avx2::microkernel_joined(
-                                xp, wp, quads, consts, *y_zero, e, out, &at,
+                                xp, wp, quads, consts, *y_zero, e, out, &at, isa,
                             ),
-                            None => {
-                                avx2::microkernel_stored(xp, wp, quads, consts, *y_zero, out, &at)
-                            }
+                            None => avx2::microkernel_stored(
+                                xp, wp, quads, consts, *y_zero, out, &at, isa,
+                            ),
                         }
                     };
                     continue;
@@ -364,15 +358,15 @@ pub unsafe fn run_task(
                 let half = runs[..count].iter().all(|&(j, _, run)| j + run <= NR / 2);
                 match &consts {
                     Some((consts, y_zero)) => {
-                        requantised(xb, wg, quads, half, consts, *y_zero, &mut bytes, fast)
+                        requantised(xb, wg, quads, half, consts, *y_zero, &mut bytes, isa)
                     }
-                    None => microkernel(xb, wg, quads, half, &mut acc, fast),
+                    None => microkernel(xb, wg, quads, half, &mut acc, isa),
                 }
                 if let Some(e) = epilogue.filter(|_| consts.is_some()) {
                     let at: [usize; MR] = std::array::from_fn(|r| base + (g * MR + r) * p);
                     debug_assert!(runs[..count].iter().all(|&(_, pos, run)| pos + run <= p));
                     // SAFETY: in bounds (above), and this task's channels x positions only.
-                    unsafe { e.apply_runs(&bytes, channels.len(), &at, &runs[..count], out, fast) };
+                    unsafe { e.apply_runs(&bytes, channels.len(), &at, &runs[..count], out, isa) };
                     continue;
                 }
                 for (r, ch) in channels.clone().enumerate() {
@@ -449,22 +443,15 @@ fn pack<'a>(
 /// `acc[r][j] = sum_k w[r][k] * x[k][j]` over one block of packed activations and one group of
 /// packed weights; with `half`, the AVX2 kernel computes only `j < NR / 2` (the rest is not
 /// stored).
-fn microkernel(
-    x: &[u8],
-    w: &[i8],
-    quads: usize,
-    half: bool,
-    acc: &mut [[i32; NR]; MR],
-    fast: bool,
-) {
+fn microkernel(x: &[u8], w: &[i8], quads: usize, half: bool, acc: &mut [[i32; NR]; MR], isa: Isa) {
     assert!(x.len() >= quads * NR * KQ && w.len() >= quads * MR * KQ);
     #[cfg(target_arch = "x86_64")]
-    if fast {
+    if isa >= Isa::Avx2 {
         // SAFETY: AVX2 was detected ([`available`]) before the rule fired; lengths checked above.
-        unsafe { avx2::microkernel(x.as_ptr(), w.as_ptr(), quads, half, acc) };
+        unsafe { avx2::microkernel(x.as_ptr(), w.as_ptr(), quads, half, acc, isa) };
         return;
     }
-    let _ = (fast, half);
+    let _ = (isa, half);
     *acc = [[0; NR]; MR];
     for q in 0..quads {
         let xq = &x[q * NR * KQ..][..NR * KQ];
@@ -490,19 +477,28 @@ fn requantised(
     consts: &[(i32, f32); MR],
     y_zero: i32,
     out: &mut [[u8; NR]; MR],
-    fast: bool,
+    isa: Isa,
 ) {
     assert!(x.len() >= quads * NR * KQ && w.len() >= quads * MR * KQ);
     #[cfg(target_arch = "x86_64")]
-    if fast {
+    if isa >= Isa::Avx2 {
         // SAFETY: AVX2 was detected ([`available`]) before the rule fired; lengths checked above.
         unsafe {
-            avx2::microkernel_requantised(x.as_ptr(), w.as_ptr(), quads, half, consts, y_zero, out)
+            avx2::microkernel_requantised(
+                x.as_ptr(),
+                w.as_ptr(),
+                quads,
+                half,
+                consts,
+                y_zero,
+                out,
+                isa,
+            )
         };
         return;
     }
     let mut acc = [[0; NR]; MR];
-    microkernel(x, w, quads, half, &mut acc, fast);
+    microkernel(x, w, quads, half, &mut acc, isa);
     for ((acc, out), &(offset, multiplier)) in acc.iter().zip(out.iter_mut()).zip(consts) {
         for (o, &a) in out.iter_mut().zip(acc) {
             *o = requantise(a, offset, multiplier, y_zero);
@@ -534,22 +530,55 @@ mod sse2 {
 }
 
 #[cfg(target_arch = "x86_64")]
-mod avx2 {
-    use super::{Epilogue, OutPtr, B, KQ, MR, NR};
+pub(crate) mod avx2 {
+    use super::{Epilogue, Isa, OutPtr, B, KQ, MR, NR};
     use crate::transform::rewrite::int8_residual::avx2::{
         dequantise, join8, load_u8x8, pack_u8x16, requantise8,
     };
     use std::arch::x86_64::*;
 
+    /// `c + sum of the four u8 x i8 products in each i32 lane`: one `vpdpbusd` with VNNI,
+    /// `vpmaddubsw` + `vpmaddwd` + `vpaddd` without (exact only where no adjacent pair of
+    /// products saturates i16, which the weights' packing checks).
+    #[inline(always)]
+    pub(crate) unsafe fn dot<const VNNI: bool>(c: __m256i, a: __m256i, b: __m256i) -> __m256i {
+        if VNNI {
+            dpbusd(c, a, b)
+        } else {
+            _mm256_add_epi32(
+                c,
+                _mm256_madd_epi16(_mm256_maddubs_epi16(a, b), _mm256_set1_epi16(1)),
+            )
+        }
+    }
+
+    /// AVX-512 VNNI's `vpdpbusd` on 8 lanes (EVEX, AVX512VL), as inline assembly so that the
+    /// AVX2 kernels around it need no second compilation with those features enabled.
+    ///
+    /// # Safety
+    /// The CPU has AVX512-VNNI and AVX512VL ([`Isa::Avx512Vnni`]).
+    #[target_feature(enable = "avx2")]
+    #[inline]
+    unsafe fn dpbusd(c: __m256i, a: __m256i, b: __m256i) -> __m256i {
+        let mut c = c;
+        std::arch::asm!(
+            "vpdpbusd {c}, {a}, {b}",
+            c = inout(ymm_reg) c,
+            a = in(ymm_reg) a,
+            b = in(ymm_reg) b,
+            options(pure, nomem, nostack, preserves_flags),
+        );
+        c
+    }
+
     /// The accumulators of one block, in registers: of its first `V * 8` positions (`V` 1 or
     /// 2), the rest left zero.
     #[inline(always)]
-    unsafe fn accumulate<const V: usize>(
+    unsafe fn accumulate_with<const V: usize, const VNNI: bool>(
         x: *const u8,
         w: *const i8,
         quads: usize,
     ) -> [[__m256i; 2]; MR] {
-        let ones = _mm256_set1_epi16(1);
         let mut c = [[_mm256_setzero_si256(); 2]; MR];
         for q in 0..quads {
             let xq = x.add(q * NR * KQ) as *const __m256i;
@@ -558,11 +587,26 @@ mod avx2 {
             for (r, c) in c.iter_mut().enumerate() {
                 let b = _mm256_set1_epi32(wq.add(r).read_unaligned());
                 for (c, &a) in c.iter_mut().zip(&a) {
-                    *c = _mm256_add_epi32(*c, _mm256_madd_epi16(_mm256_maddubs_epi16(a, b), ones));
+                    *c = dot::<VNNI>(*c, a, b);
                 }
             }
         }
         c
+    }
+
+    /// [`accumulate_with`] on VNNI where `isa` has it.
+    #[inline(always)]
+    unsafe fn accumulate<const V: usize>(
+        x: *const u8,
+        w: *const i8,
+        quads: usize,
+        isa: Isa,
+    ) -> [[__m256i; 2]; MR] {
+        if isa >= Isa::Avx512Vnni {
+            accumulate_with::<V, true>(x, w, quads)
+        } else {
+            accumulate_with::<V, false>(x, w, quads)
+        }
     }
 
     /// `accumulate` over the whole block, or over its first half only for a block with at most
@@ -573,11 +617,12 @@ mod avx2 {
         w: *const i8,
         quads: usize,
         half: bool,
+        isa: Isa,
     ) -> [[__m256i; 2]; MR] {
         if half {
-            accumulate::<1>(x, w, quads)
+            accumulate::<1>(x, w, quads, isa)
         } else {
-            accumulate::<2>(x, w, quads)
+            accumulate::<2>(x, w, quads, isa)
         }
     }
 
@@ -588,8 +633,9 @@ mod avx2 {
         quads: usize,
         half: bool,
         acc: &mut [[i32; NR]; MR],
+        isa: Isa,
     ) {
-        let c = accumulate_block(x, w, quads, half);
+        let c = accumulate_block(x, w, quads, half, isa);
         for (c, acc) in c.iter().zip(acc.iter_mut()) {
             _mm256_storeu_si256(acc.as_mut_ptr() as *mut __m256i, c[0]);
             _mm256_storeu_si256(acc.as_mut_ptr().add(8) as *mut __m256i, c[1]);
@@ -598,6 +644,7 @@ mod avx2 {
 
     /// [`microkernel`] with the requantisation applied to the registers: rows past
     /// `consts.len()` are left alone.
+    #[allow(clippy::too_many_arguments)]
     #[target_feature(enable = "avx2")]
     pub unsafe fn microkernel_requantised(
         x: *const u8,
@@ -607,8 +654,9 @@ mod avx2 {
         consts: &[(i32, f32)],
         y_zero: i32,
         out: &mut [[u8; NR]; MR],
+        isa: Isa,
     ) {
-        let c = accumulate_block(x, w, quads, half);
+        let c = accumulate_block(x, w, quads, half, isa);
         for ((c, out), &(offset, multiplier)) in c.iter().zip(out.iter_mut()).zip(consts) {
             store_requantised(c[0], c[1], offset, multiplier, y_zero, out);
         }
@@ -619,6 +667,7 @@ mod avx2 {
     ///
     /// # Safety
     /// AVX2; `x`, `w` as [`accumulate`]; each row's 16 bytes writable.
+    #[allow(clippy::too_many_arguments)]
     #[target_feature(enable = "avx2")]
     pub unsafe fn microkernel_stored(
         x: *const u8,
@@ -628,8 +677,9 @@ mod avx2 {
         y_zero: i32,
         out: OutPtr,
         at: &[usize; MR],
+        isa: Isa,
     ) {
-        let c = accumulate::<2>(x, w, quads);
+        let c = accumulate::<2>(x, w, quads, isa);
         for ((c, &(offset, multiplier)), &at) in c.iter().zip(consts).zip(at) {
             let row = &mut *(out.0.add(at) as *mut [u8; NR]);
             store_requantised(c[0], c[1], offset, multiplier, y_zero, row);
@@ -676,8 +726,9 @@ mod avx2 {
         e: &Epilogue,
         out: OutPtr,
         at: &[usize; MR],
+        isa: Isa,
     ) {
-        let c = accumulate::<2>(x, w, quads);
+        let c = accumulate::<2>(x, w, quads, isa);
         let op = e.op;
         let (u8_min, u8_max) = (_mm256_setzero_si256(), _mm256_set1_epi32(255));
         for ((c, &(offset, multiplier)), &at) in c.iter().zip(consts).zip(at) {
@@ -775,7 +826,7 @@ pub(crate) mod tests {
         (w, bias, w_scales)
     }
 
-    fn check(geo: Geometry, m: usize, requantised: bool, fast: bool) {
+    fn check(geo: Geometry, m: usize, requantised: bool, isa: Isa) {
         let depth = geo.depth();
         let x = bytes(geo.input_len(), 3);
         let (w, bias, w_scales) = test_weights(m, depth);
@@ -793,7 +844,7 @@ pub(crate) mod tests {
             let run_all = |out: OutPtr| {
                 for task in tasks(&geo, m, 1, threads) {
                     let len = want.len();
-                    unsafe { run_task(&geo, &starts, &weights, &xp, out, len, &task, None, fast) };
+                    unsafe { run_task(&geo, &starts, &weights, &xp, out, len, &task, None, isa) };
                 }
             };
             let got: Vec<i64> = if requantised {
@@ -806,7 +857,7 @@ pub(crate) mod tests {
                 got.into_iter().map(i64::from).collect()
             };
             let off = want.iter().zip(&got).filter(|(a, b)| a != b).count();
-            assert_eq!(off, 0, "{geo:?} m={m} fast={fast}: {off} outputs differ");
+            assert_eq!(off, 0, "{geo:?} m={m} {isa:?}: {off} outputs differ");
         }
         if requantised && want.len() > 50 {
             // The scales put some outputs past either end, so the clamping is checked too.
@@ -912,20 +963,26 @@ pub(crate) mod tests {
             .collect();
         assert!(widened.contains(&true) && widened.contains(&false));
         for (geo, m) in geometries() {
-            check(geo.clone(), m, true, false);
-            check(geo, m, false, false);
+            check(geo.clone(), m, true, Isa::Portable);
+            check(geo, m, false, Isa::Portable);
         }
     }
 
+    /// Each SIMD level this CPU has (AVX2's `vpmaddubsw`, AVX-512 VNNI's `vpdpbusd`).
     #[test]
-    fn avx2_kernel_matches_the_definition() {
-        if !available() {
+    fn simd_kernels_match_the_definition() {
+        let isas: Vec<Isa> = Isa::available()
+            .into_iter()
+            .filter(|&i| i >= Isa::Avx2)
+            .collect();
+        if isas.is_empty() {
             eprintln!("no AVX2 here: the scalar kernel is what the test above checks");
-            return;
         }
-        for (geo, m) in geometries() {
-            check(geo.clone(), m, true, true);
-            check(geo, m, false, true);
+        for isa in isas {
+            for (geo, m) in geometries() {
+                check(geo.clone(), m, true, isa);
+                check(geo, m, false, isa);
+            }
         }
     }
 

@@ -16,7 +16,7 @@ use tract_core::ops::einsum::EinSum;
 use tract_core::ops::Downsample;
 
 use channels_last::ChannelsLast;
-use kernel::{Epilogue, Geometry, OutPtr, QParams, Weights};
+use kernel::{Epilogue, Geometry, Isa, OutPtr, QParams, Weights};
 
 use super::int8_residual::Int8ResidualAdd;
 use super::{konst, on_tract_threads_in_runs, per_channel, plain_2d_conv, tract_threads};
@@ -175,11 +175,11 @@ impl EvalOp for Int8Conv {
                 (None, _) => None,
                 (Some(_), None) => bail!("Int8Conv+Join given no residual"),
             };
-            let fast = kernel::available();
+            let isa = Isa::detect();
             match &self.weights {
                 Packed::ChannelsLast(cl) => {
                     let e = epilogue.as_ref();
-                    run_channels_last(cl, x, g.input_len(), images, ptr, e, fast);
+                    run_channels_last(cl, x, g.input_len(), images, ptr, e, isa);
                 }
                 Packed::Blocked(w) => {
                     let tasks = kernel::tasks(g, w.m, images, tract_threads());
@@ -190,7 +190,7 @@ impl EvalOp for Int8Conv {
                         for task in run {
                             // SAFETY: `out` (and `sum`, `b`) hold `len` elements and outlive
                             // the scope; tasks cover disjoint channels x positions.
-                            unsafe { kernel::run_task(g, starts, w, x, ptr, len, &task, e, fast) };
+                            unsafe { kernel::run_task(g, starts, w, x, ptr, len, &task, e, isa) };
                         }
                     });
                 }
@@ -217,7 +217,7 @@ fn run_channels_last(
     images: usize,
     out: OutPtr,
     epilogue: Option<&Epilogue>,
-    fast: bool,
+    isa: Isa,
 ) {
     NHWC.with(|buf| {
         let mut buf = buf.borrow_mut();
@@ -232,7 +232,7 @@ fn run_channels_last(
                 let img = &buf[unit.image * len..][..len];
                 // SAFETY: `out` holds the batch's outputs and outlives the scope; units cover
                 // disjoint channels x positions.
-                unsafe { cl.run(img, out, unit, epilogue, fast) };
+                unsafe { cl.run(img, out, unit, epilogue, isa) };
             }
         });
     })

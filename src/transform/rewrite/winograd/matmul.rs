@@ -64,6 +64,7 @@ pub struct Direct {
     geo: Geometry,
     tasks: Vec<gemm::Task>,
     starts: Vec<usize>,
+    isa: gemm::Isa,
 }
 
 impl Backend {
@@ -103,6 +104,7 @@ impl WinogradMatMul {
                 tasks: gemm::tasks(&geo, k, 1, 1),
                 starts: geo.row_starts(),
                 geo,
+                isa: gemm::Isa::detect(),
             }))
         } else {
             Backend::Tract(Self::plans(u, ranges, c, tiles)?)
@@ -187,7 +189,7 @@ impl WinogradMatMul {
                 for task in &direct.tasks {
                     // SAFETY: `o` holds this position's K x tiles and outlives the call, the
                     // tasks cover it once; `x` is its C x tiles; the kernel was detected.
-                    unsafe { gemm::run_task(geo, starts, w, x, o, task, false, true) };
+                    unsafe { gemm::run_task(geo, starts, w, x, o, task, false, direct.isa) };
                 }
             }
         }
