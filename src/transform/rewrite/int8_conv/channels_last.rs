@@ -48,14 +48,21 @@ pub struct ChannelsLast {
     y_zero: i32,
 }
 
-/// One unit of work: image, channel block, and a range of position blocks.
+/// One unit of work: image, channel blocks `block..block + blocks`, and a range of position
+/// blocks.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Unit {
     pub image: usize,
     pub block: usize,
+    pub blocks: usize,
     pub first: usize,
     pub end: usize,
 }
+
+/// Channel blocks the AVX-512 VNNI kernel computes per call: 4 positions x 64 channels, 16
+/// accumulators of 16 lanes. Its two `vpdpbusd` ports each wait 5 cycles for a sum, so at
+/// least 10 must be in flight (onnxruntime's `MlasConvSymKernelAvx512Vnni` keeps 24).
+pub const WIDE: usize = 4;
 
 impl ChannelsLast {
     /// Pack `w` (`[m, C, kh, kw]`) for `geo`; `None` without requantisation (u8 outputs), when
@@ -146,20 +153,22 @@ impl ChannelsLast {
         (self.pixels + 1) * self.c4
     }
 
-    /// The units of `images` images, channel block by channel block (a thread's consecutive
-    /// units share their weights).
-    pub fn units(&self, images: usize) -> Vec<Unit> {
+    /// The units of `images` images, channel blocks by channel blocks ([`WIDE`] at a time for
+    /// `isa`'s VNNI kernel; a thread's consecutive units share their weights).
+    pub fn units(&self, images: usize, isa: Isa) -> Vec<Unit> {
         let pbs = self.positions.div_ceil(PB);
+        let all = self.m.div_ceil(CB);
+        let step = if isa >= Isa::Avx512Vnni { WIDE } else { 1 };
         let mut units = vec![];
         for image in 0..images {
-            for block in 0..self.m.div_ceil(CB) {
+            for block in (0..all).step_by(step) {
                 for first in (0..pbs).step_by(UNIT_BLOCKS) {
-                    let end = (first + UNIT_BLOCKS).min(pbs);
                     units.push(Unit {
                         image,
                         block,
+                        blocks: step.min(all - block),
                         first,
-                        end,
+                        end: (first + UNIT_BLOCKS).min(pbs),
                     });
                 }
             }
@@ -228,10 +237,9 @@ impl ChannelsLast {
         assert!(img.len() >= self.image_len());
         let quads = self.c4 / KQ;
         let w_len = self.taps * quads * CB * KQ;
-        let w = &self.packed[unit.block * w_len..][..w_len];
-        let consts = &self.consts[unit.block];
-        let channels = (self.m - unit.block * CB).min(CB);
-        let base = (unit.image * self.m + unit.block * CB) * self.positions;
+        let weights = |block: usize| &self.packed[block * w_len..][..w_len];
+        let blocks = unit.block..unit.block + unit.blocks;
+        let mut tiles = [[[0u8; CB]; PB]; WIDE];
         for pb in unit.first..unit.end {
             let p0 = pb * PB;
             let n = PB.min(self.positions - p0);
@@ -240,31 +248,86 @@ impl ChannelsLast {
                 let p = p0 + i.min(n - 1);
                 &self.offsets[p * self.taps..][..self.taps]
             });
-            let mut tile = [[0u8; CB]; PB];
-            let at = base + p0;
             #[cfg(target_arch = "x86_64")]
-            if isa >= Isa::Avx2 {
-                // SAFETY: AVX2 (`isa`); offsets point inside `img` (asserted length), and `w`
-                // holds `taps * quads` steps.
-                avx2::tile(img, offsets, quads, w, consts, self.y_zero, &mut tile, isa);
-                if n == PB && channels == CB && epilogue.is_none() {
-                    // SAFETY: AVX2; the block's 16 channel rows hold positions p0..p0 + 4.
-                    avx2::store_transposed(&tile, out.0.add(at), self.positions);
-                    continue;
+            if isa >= Isa::Avx512Vnni && blocks.len() == WIDE {
+                let w = std::array::from_fn(|k| weights(unit.block + k));
+                let consts = std::array::from_fn(|k| &self.consts[unit.block + k]);
+                // SAFETY: AVX-512 VNNI (`isa`); offsets point inside `img` (asserted length),
+                // and each `w[k]` holds `taps * quads` steps.
+                avx512::tiles(img, offsets, quads, w, consts, self.y_zero, &mut tiles);
+            } else {
+                for (block, tile) in blocks.clone().zip(&mut tiles) {
+                    let (w, consts) = (weights(block), &self.consts[block]);
+                    self.tile_on(isa, img, offsets, quads, w, consts, tile);
                 }
             }
-            if isa < Isa::Avx2 {
-                self.tile(img, offsets, quads, w, consts, &mut tile);
+            #[cfg(not(target_arch = "x86_64"))]
+            for (block, tile) in blocks.clone().zip(&mut tiles) {
+                let (w, consts) = (weights(block), &self.consts[block]);
+                self.tile_on(isa, img, offsets, quads, w, consts, tile);
             }
-            if let Some(e) = epilogue {
-                self.join_tile(e, &tile, channels, n, at, out);
-                continue;
+            for (block, tile) in blocks.clone().zip(&tiles) {
+                let channels = (self.m - block * CB).min(CB);
+                let at = (unit.image * self.m + block * CB) * self.positions + p0;
+                self.emit(tile, channels, n, at, out, epilogue, isa);
             }
-            for r in 0..channels {
-                let at = at + r * self.positions;
-                for (i, row) in tile.iter().enumerate().take(n) {
-                    out.0.add(at + i).write(row[r]);
-                }
+        }
+    }
+
+    /// One block's tile on `isa`'s kernel.
+    #[allow(clippy::too_many_arguments)]
+    fn tile_on(
+        &self,
+        isa: Isa,
+        img: &[u8],
+        offsets: [&[u32]; PB],
+        quads: usize,
+        w: &[i8],
+        consts: &([i32; CB], [f32; CB]),
+        tile: &mut [[u8; CB]; PB],
+    ) {
+        #[cfg(target_arch = "x86_64")]
+        if isa >= Isa::Avx2 {
+            // SAFETY: AVX2 (`isa`); offsets point inside `img` (the caller asserted its
+            // length), and `w` holds `taps * quads` steps.
+            unsafe { avx2::tile(img, offsets, quads, w, consts, self.y_zero, tile, isa) };
+            return;
+        }
+        let _ = isa;
+        self.tile(img, offsets, quads, w, consts, tile);
+    }
+
+    /// Store the first `n` positions of a block's tile (its first `channels` channels; channel
+    /// `r` from element `at + r * positions`), joined by `epilogue` if given.
+    ///
+    /// # Safety
+    /// As [`Self::run`].
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn emit(
+        &self,
+        tile: &[[u8; CB]; PB],
+        channels: usize,
+        n: usize,
+        at: usize,
+        out: OutPtr,
+        epilogue: Option<&Epilogue>,
+        isa: Isa,
+    ) {
+        if let Some(e) = epilogue {
+            self.join_tile(e, tile, channels, n, at, out);
+            return;
+        }
+        #[cfg(target_arch = "x86_64")]
+        if isa >= Isa::Avx2 && n == PB && channels == CB {
+            // SAFETY: AVX2; the block's 16 channel rows hold positions `at..at + 4`.
+            avx2::store_transposed(tile, out.0.add(at), self.positions);
+            return;
+        }
+        let _ = isa;
+        for r in 0..channels {
+            let at = at + r * self.positions;
+            for (i, row) in tile.iter().enumerate().take(n) {
+                out.0.add(at + i).write(row[r]);
             }
         }
     }
@@ -519,6 +582,81 @@ mod avx2 {
     }
 }
 
+#[cfg(target_arch = "x86_64")]
+mod avx512 {
+    use super::{CB, KQ, PB, WIDE};
+    use crate::transform::rewrite::int8_residual::avx2::{pack_u8x16, requantise8};
+    use std::arch::x86_64::*;
+
+    /// 4 positions x `WIDE` blocks of 16 channels, requantised: `tiles[k][i]` is position
+    /// `i`'s 16 bytes of block `k`. Each block's weights are their own stream, as packed.
+    ///
+    /// # Safety
+    /// AVX-512F/BW and VNNI; every offset plus `quads * 4` inside `img`; each `w[k]` holds
+    /// `offsets[0].len() * quads` steps of 64 bytes.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+    pub unsafe fn tiles(
+        img: &[u8],
+        offsets: [&[u32]; PB],
+        quads: usize,
+        w: [&[i8]; WIDE],
+        consts: [&([i32; CB], [f32; CB]); WIDE],
+        y_zero: i32,
+        tiles: &mut [[[u8; CB]; PB]; WIDE],
+    ) {
+        let c = accumulate(img, offsets, quads, w);
+        let y_zero = _mm256_set1_epi32(y_zero);
+        for (k, (tile, &(offset, multiplier))) in tiles.iter_mut().zip(&consts).enumerate() {
+            let half = |h: usize| {
+                (
+                    _mm256_loadu_si256(offset.as_ptr().add(8 * h) as *const __m256i),
+                    _mm256_loadu_ps(multiplier.as_ptr().add(8 * h)),
+                )
+            };
+            let [(o_lo, m_lo), (o_hi, m_hi)] = [half(0), half(1)];
+            for (c, out) in c.iter().zip(tile.iter_mut()) {
+                let lo = _mm512_castsi512_si256(c[k]);
+                let hi = _mm512_extracti64x4_epi64::<1>(c[k]);
+                let lo = requantise8(lo, o_lo, m_lo, y_zero);
+                let hi = requantise8(hi, o_hi, m_hi, y_zero);
+                _mm_storeu_si128(out.as_mut_ptr() as *mut __m128i, pack_u8x16(lo, hi));
+            }
+        }
+    }
+
+    /// The tile's i32 sums, `[position][block]`. Not inlined into [`tiles`]: there LLVM kept
+    /// one accumulator in memory across the loop (a store and a reload per step, which
+    /// serialised two of the 16 chains; `perf annotate` put 70% of the time on them).
+    #[inline(never)]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+    unsafe fn accumulate(
+        img: &[u8],
+        offsets: [&[u32]; PB],
+        quads: usize,
+        w: [&[i8]; WIDE],
+    ) -> [[__m512i; WIDE]; PB] {
+        let mut c = [[_mm512_setzero_si512(); WIDE]; PB];
+        let taps = offsets[0].len();
+        debug_assert!(w.iter().all(|w| w.len() >= taps * quads * CB * KQ));
+        let mut wp = w.map(|w| w.as_ptr() as *const __m512i);
+        let [o0, o1, o2, o3] = offsets;
+        for (((&a, &b), &c2), &d) in o0.iter().zip(o1).zip(o2).zip(o3) {
+            let rows = [a, b, c2, d].map(|at| img.as_ptr().add(at as usize));
+            for q in 0..quads {
+                let wv = wp.map(|p| _mm512_loadu_si512(p));
+                wp = wp.map(|p| p.add(1));
+                for (c, row) in c.iter_mut().zip(&rows) {
+                    let x = _mm512_set1_epi32((row.add(q * KQ) as *const i32).read_unaligned());
+                    for (c, &w) in c.iter_mut().zip(&wv) {
+                        *c = _mm512_dpbusd_epi32(*c, x, w);
+                    }
+                }
+            }
+        }
+        c
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -559,7 +697,7 @@ mod tests {
         }
         let mut got = vec![0u8; want.len()];
         // Units in reverse: none depends on another's order.
-        for unit in cl.units(images).into_iter().rev() {
+        for unit in cl.units(images, isa).into_iter().rev() {
             let img = &nhwc[unit.image * len..][..len];
             unsafe { cl.run(img, OutPtr(got.as_mut_ptr()), unit, None, isa) };
         }
@@ -589,6 +727,8 @@ mod tests {
             (g((5, 9, 7), (3, 3), (1, 1), (1, 1), (9, 7)), 6, 1),
             // Two images; more than one channel block and one unit of positions.
             (g((8, 13, 11), (3, 3), (1, 1), (1, 1), (13, 11)), 37, 2),
+            // Four whole channel blocks (one AVX-512 VNNI call) and a partial fifth.
+            (g((8, 7, 6), (3, 3), (1, 1), (1, 1), (7, 6)), 70, 2),
             // Channels and pixels past whole 16 x 16 transpose blocks (32 x 42).
             (g((32, 6, 7), (3, 3), (1, 1), (1, 1), (6, 7)), 20, 1),
             // Stride 2 (a stage's first 3x3), unpadded, and the stem's 7x7 with 3 channels.

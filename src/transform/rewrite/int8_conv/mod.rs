@@ -227,7 +227,7 @@ fn run_channels_last(
             cl.prepare(src, dst);
         }
         let buf = &*buf;
-        on_tract_threads_in_runs(cl.units(images), |run| {
+        on_tract_threads_in_runs(cl.units(images, isa), |run| {
             for unit in run {
                 let img = &buf[unit.image * len..][..len];
                 // SAFETY: `out` holds the batch's outputs and outlives the scope; units cover
