@@ -317,11 +317,70 @@ pub unsafe fn run_task(
         let rows = geo.rows();
         let mut acc = [[0i32; NR]; MR];
         let mut bytes = [[0u8; NR]; MR];
-        for b in 0..blocks {
-            let xb = &packed[b * quads * NR * KQ..(b + 1) * quads * NR * KQ];
+        let block = |b: usize| &packed[b * quads * NR * KQ..(b + 1) * quads * NR * KQ];
+        // Where block `b` starts in its output row when it is one whole run of one.
+        #[cfg(target_arch = "x86_64")]
+        let whole = |b: usize, runs: &mut [(usize, usize, usize); NR]| {
+            let p0 = task.positions.start + b * NR;
+            let n = NR.min(task.positions.end - p0);
+            let count = output_runs(geo, rows, p0, n, runs);
+            match runs[..count] {
+                [(0, pos, NR)] => Some(pos),
+                _ => None,
+            }
+        };
+        let mut b = 0;
+        while b < blocks {
+            // AVX-512 VNNI: two whole blocks at a time, two channel groups at a time.
+            #[cfg(target_arch = "x86_64")]
+            if let (Some(rq), true) = (&w.requant, isa >= Isa::Avx512Vnni && b + 1 < blocks) {
+                if let (Some(p0), Some(p1)) = (whole(b, &mut runs), whole(b + 1, &mut runs)) {
+                    let x = [block(b).as_ptr(), block(b + 1).as_ptr()];
+                    let at = |g: usize| {
+                        [p0, p1].map(|pos| std::array::from_fn(|r| base + (g * MR + r) * p + pos))
+                    };
+                    let consts = |g: usize| {
+                        let channels = (w.m - g * MR).min(MR);
+                        rq.consts.get(g).map(|c| &c[..channels])
+                    };
+                    let mut g = task.groups.start;
+                    while g < task.groups.end {
+                        let Some(c0) = consts(g) else {
+                            g += 1;
+                            continue;
+                        };
+                        let y = rq.y_zero;
+                        // SAFETY: AVX-512 VNNI (`isa`); both blocks' rows in bounds (as the
+                        // AVX2 path's below) and this task's.
+                        unsafe {
+                            match (g + 1 < task.groups.end).then(|| consts(g + 1)).flatten() {
+                                Some(c1) => {
+                                    let wp = [w.group(g).as_ptr(), w.group(g + 1).as_ptr()];
+                                    let [a0, a1] = at(g);
+                                    let [b0, b1] = at(g + 1);
+                                    let at = [[a0, b0], [a1, b1]];
+                                    avx512::blocks(x, wp, quads, [c0, c1], y, epilogue, out, &at);
+                                    g += 2;
+                                }
+                                None => {
+                                    let wp = [w.group(g).as_ptr()];
+                                    let [a0, a1] = at(g);
+                                    let at = [[a0], [a1]];
+                                    avx512::blocks(x, wp, quads, [c0], y, epilogue, out, &at);
+                                    g += 1;
+                                }
+                            }
+                        }
+                    }
+                    b += 2;
+                    continue;
+                }
+            }
+            let xb = block(b);
             let p0 = task.positions.start + b * NR;
             let n = NR.min(task.positions.end - p0);
             let count = output_runs(geo, rows, p0, n, &mut runs);
+            b += 1;
             for g in task.groups.clone() {
                 let wg = w.group(g);
                 let channels = g * MR..((g + 1) * MR).min(w.m);
@@ -679,7 +738,18 @@ pub(crate) mod avx2 {
         at: &[usize; MR],
         isa: Isa,
     ) {
-        let c = accumulate::<2>(x, w, quads, isa);
+        stored(&accumulate::<2>(x, w, quads, isa), consts, y_zero, out, at);
+    }
+
+    /// [`microkernel_stored`]'s stores, from accumulators in registers.
+    #[inline(always)]
+    pub(super) unsafe fn stored(
+        c: &[[__m256i; 2]; MR],
+        consts: &[(i32, f32)],
+        y_zero: i32,
+        out: OutPtr,
+        at: &[usize; MR],
+    ) {
         for ((c, &(offset, multiplier)), &at) in c.iter().zip(consts).zip(at) {
             let row = &mut *(out.0.add(at) as *mut [u8; NR]);
             store_requantised(c[0], c[1], offset, multiplier, y_zero, row);
@@ -728,7 +798,26 @@ pub(crate) mod avx2 {
         at: &[usize; MR],
         isa: Isa,
     ) {
-        let c = accumulate::<2>(x, w, quads, isa);
+        joined(
+            &accumulate::<2>(x, w, quads, isa),
+            consts,
+            y_zero,
+            e,
+            out,
+            at,
+        );
+    }
+
+    /// [`microkernel_joined`]'s join and stores, from accumulators in registers.
+    #[inline(always)]
+    pub(super) unsafe fn joined(
+        c: &[[__m256i; 2]; MR],
+        consts: &[(i32, f32)],
+        y_zero: i32,
+        e: &Epilogue,
+        out: OutPtr,
+        at: &[usize; MR],
+    ) {
         let op = e.op;
         let (u8_min, u8_max) = (_mm256_setzero_si256(), _mm256_set1_epi32(255));
         for ((c, &(offset, multiplier)), &at) in c.iter().zip(consts).zip(at) {
@@ -765,6 +854,79 @@ pub(crate) mod avx2 {
         let lo = requantise8(lo, offset, multiplier, y_zero);
         let hi = requantise8(hi, offset, multiplier, y_zero);
         _mm_storeu_si128(out.as_mut_ptr() as *mut __m128i, pack_u8x16(lo, hi));
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx512 {
+    use super::avx2::{joined, stored};
+    use super::{Epilogue, OutPtr, KQ, MR, NR};
+    use std::arch::x86_64::*;
+
+    /// Two whole blocks of output-row positions (`x[v]`) x `G` channel groups (`w[h]`, with
+    /// `consts[h]`), requantised, joined by `e` if given, and stored: row `r` of group `h`,
+    /// block `v` to `out + at[v][h][r]`. `G * 12` accumulators of 16 lanes: a block's quad
+    /// of 16 positions is one register, so a 6 x 16 tile alone would leave the two
+    /// `vpdpbusd` ports waiting on 6 chains of 5 cycles.
+    ///
+    /// # Safety
+    /// AVX-512F/BW and VNNI; `x[v]` holds `quads` packed quads, `w[h]` `quads * MR * KQ`
+    /// bytes; the rows' ranges inside the output (and the epilogue's `b` and sum), written by
+    /// no other task.
+    #[allow(clippy::too_many_arguments)]
+    #[target_feature(enable = "avx2,avx512f,avx512bw,avx512vnni")]
+    pub unsafe fn blocks<const G: usize>(
+        x: [*const u8; 2],
+        w: [*const i8; G],
+        quads: usize,
+        consts: [&[(i32, f32)]; G],
+        y_zero: i32,
+        e: Option<&Epilogue>,
+        out: OutPtr,
+        at: &[[[usize; MR]; G]; 2],
+    ) {
+        let mut z = [[[_mm512_setzero_si512(); MR]; G]; 2];
+        accumulate::<G>(x, w, quads, &mut z);
+        for (z, at) in z.iter().zip(at) {
+            for ((z, consts), at) in z.iter().zip(consts).zip(at) {
+                // The AVX2 kernel's halves: positions 0-7 and 8-15.
+                let mut c = [[_mm256_setzero_si256(); 2]; MR];
+                for (c, &z) in c.iter_mut().zip(z) {
+                    *c = [_mm512_castsi512_si256(z), _mm512_extracti64x4_epi64::<1>(z)];
+                }
+                match e {
+                    Some(e) => joined(&c, consts, y_zero, e, out, at),
+                    None => stored(&c, consts, y_zero, out, at),
+                }
+            }
+        }
+    }
+
+    /// The accumulators of [`blocks`], `[block][group][row]`. Out of line, as channels-last's:
+    /// inlined, LLVM may keep an accumulator in memory across the loop.
+    #[inline(never)]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+    unsafe fn accumulate<const G: usize>(
+        x: [*const u8; 2],
+        w: [*const i8; G],
+        quads: usize,
+        out: &mut [[[__m512i; MR]; G]; 2],
+    ) {
+        let mut c = [[[_mm512_setzero_si512(); MR]; G]; 2];
+        for q in 0..quads {
+            let a0 = _mm512_loadu_si512(x[0].add(q * NR * KQ) as *const __m512i);
+            let a1 = _mm512_loadu_si512(x[1].add(q * NR * KQ) as *const __m512i);
+            let [c0, c1] = &mut c;
+            for ((c0, c1), w) in c0.iter_mut().zip(c1.iter_mut()).zip(w) {
+                let wq = w.add(q * MR * KQ) as *const i32;
+                for (r, (c0, c1)) in c0.iter_mut().zip(c1.iter_mut()).enumerate() {
+                    let b = _mm512_set1_epi32(wq.add(r).read_unaligned());
+                    *c0 = _mm512_dpbusd_epi32(*c0, a0, b);
+                    *c1 = _mm512_dpbusd_epi32(*c1, a1, b);
+                }
+            }
+        }
+        *out = c;
     }
 }
 
