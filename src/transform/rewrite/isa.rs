@@ -53,6 +53,13 @@ impl Isa {
         isas
     }
 
+    /// The SIMD levels of [`Isa::available`] (the kernel tests run each).
+    pub fn simd() -> Vec<Isa> {
+        let mut isas = Isa::available();
+        isas.retain(|&i| i >= Isa::Avx2);
+        isas
+    }
+
     /// The level a [`ISA_ENV`] value names (`avx512-vnni` or `avx512vnni`, any case).
     fn parse(value: &str) -> Option<Isa> {
         match value.to_ascii_lowercase().replace(['-', '_'], "").as_str() {

@@ -237,9 +237,10 @@ pub unsafe fn run_task(
                                 }
                             }
                         };
-                        // Both panels' tiles of group `g`, when both are full.
-                        let full = |g: usize| match (tile(g, 0).full(), tile(g, 1).full()) {
-                            (Some(c0), Some(c1)) if js.len() == 2 => Some([c0, c1]),
+                        // Both panels' tiles of group `g`, when there are two and both are
+                        // full.
+                        let full = |g: usize| match js.len() {
+                            2 => Some([tile(g, 0).full()?, tile(g, 1).full()?]),
                             _ => None,
                         };
                         let bias = |g: usize, groups: usize| &w.bias[g * MR..][..groups * MR];

@@ -296,16 +296,17 @@ impl ChannelsLast {
             let mut tile = [[0u8; CB]; PB];
             for block in blocks.clone() {
                 let (w, consts) = (weights(block), &self.consts[block]);
-                self.tile_on(isa, img, offsets, quads, w, consts, &mut tile);
+                self.tile(isa, img, offsets, quads, w, consts, &mut tile);
                 emit(pb, block, &tile);
             }
             pb += 1;
         }
     }
 
-    /// One block's tile on `isa`'s kernel.
+    /// One block's tile on `isa`'s kernel, requantised: `tile[i][r]`, position `i`, channel
+    /// `r` of the block (the portable loop below is the tests' cross-check).
     #[allow(clippy::too_many_arguments)]
-    fn tile_on(
+    fn tile(
         &self,
         isa: Isa,
         img: &[u8],
@@ -323,7 +324,22 @@ impl ChannelsLast {
             return;
         }
         let _ = isa;
-        self.tile(img, offsets, quads, w, consts, tile);
+        for (i, out) in tile.iter_mut().enumerate() {
+            let mut acc = [0i32; CB];
+            for (t, &at) in offsets[i].iter().enumerate() {
+                let px = &img[at as usize..][..quads * KQ];
+                let wt = &w[t * quads * CB * KQ..][..quads * CB * KQ];
+                for (q, x) in px.chunks_exact(KQ).enumerate() {
+                    for (r, a) in acc.iter_mut().enumerate() {
+                        let wq = &wt[(q * CB + r) * KQ..][..KQ];
+                        *a += (0..KQ).map(|k| wq[k] as i32 * x[k] as i32).sum::<i32>();
+                    }
+                }
+            }
+            for (r, o) in out.iter_mut().enumerate() {
+                *o = requantise(acc[r], consts.0[r], consts.1[r], self.y_zero);
+            }
+        }
     }
 
     /// Store the first `n` positions of a block's tile (its first `channels` channels; channel
@@ -433,34 +449,6 @@ impl ChannelsLast {
         for r in 0..channels {
             let row = std::slice::from_raw_parts_mut(dst.add(at + r * self.positions), n);
             copy_run::<_, PB>(row, &src[r * n..][..n]);
-        }
-    }
-
-    /// The portable tile: `tile[i][r]`, position `i`, channel `r` of the block.
-    fn tile(
-        &self,
-        img: &[u8],
-        offsets: [&[u32]; PB],
-        quads: usize,
-        w: &[i8],
-        consts: &([i32; CB], [f32; CB]),
-        tile: &mut [[u8; CB]; PB],
-    ) {
-        for (i, out) in tile.iter_mut().enumerate() {
-            let mut acc = [0i32; CB];
-            for (t, &at) in offsets[i].iter().enumerate() {
-                let px = &img[at as usize..][..quads * KQ];
-                let wt = &w[t * quads * CB * KQ..][..quads * CB * KQ];
-                for (q, x) in px.chunks_exact(KQ).enumerate() {
-                    for (r, a) in acc.iter_mut().enumerate() {
-                        let wq = &wt[(q * CB + r) * KQ..][..KQ];
-                        *a += (0..KQ).map(|k| wq[k] as i32 * x[k] as i32).sum::<i32>();
-                    }
-                }
-            }
-            for (r, o) in out.iter_mut().enumerate() {
-                *o = requantise(acc[r], consts.0[r], consts.1[r], self.y_zero);
-            }
         }
     }
 }
@@ -786,10 +774,7 @@ mod tests {
     /// Each SIMD level this CPU has (AVX2's `vpmaddubsw`, AVX-512 VNNI's `vpdpbusd`).
     #[test]
     fn simd_kernels_match_the_definition() {
-        let isas: Vec<Isa> = Isa::available()
-            .into_iter()
-            .filter(|&i| i >= Isa::Avx2)
-            .collect();
+        let isas = Isa::simd();
         if isas.is_empty() {
             eprintln!("no AVX2 here: the scalar kernel is what the test above checks");
         }
