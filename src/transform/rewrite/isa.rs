@@ -36,10 +36,11 @@ impl Isa {
 
     /// Every level this CPU runs, lowest first (the tests run each).
     pub fn available() -> Vec<Isa> {
-        let mut isas = vec![Isa::Portable];
+        let isas = vec![Isa::Portable];
         #[cfg(target_arch = "x86_64")]
-        {
+        let isas = {
             use std::arch::is_x86_feature_detected as has;
+            let mut isas = isas;
             if has!("avx2") && has!("fma") {
                 isas.push(Isa::Avx2);
                 if has!("avx512f") {
@@ -49,7 +50,8 @@ impl Isa {
                     }
                 }
             }
-        }
+            isas
+        };
         isas
     }
 

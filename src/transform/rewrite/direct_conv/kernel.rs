@@ -404,6 +404,7 @@ unsafe fn microkernel(
         };
         return;
     }
+    let _ = isa;
     let width = if half { NR / 2 } else { NR };
     let mut acc = [[0f32; NR]; MR];
     for (r, row) in acc.iter_mut().enumerate() {

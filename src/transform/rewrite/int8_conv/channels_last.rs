@@ -68,6 +68,7 @@ pub struct Unit {
 /// 56x56 (onnxruntime's `MlasConvSymKernelAvx512Vnni` is 6 x 64).
 pub const WIDE: usize = 2;
 /// Position blocks per AVX-512 VNNI call.
+#[cfg(target_arch = "x86_64")]
 const WIDE_PBS: usize = 2;
 
 impl ChannelsLast {
