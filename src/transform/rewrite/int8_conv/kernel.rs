@@ -859,7 +859,7 @@ pub(crate) mod avx2 {
 
 #[cfg(target_arch = "x86_64")]
 mod avx512 {
-    use super::avx2::joined;
+    use super::avx2::{joined, stored};
     use super::{Epilogue, OutPtr, KQ, MR, NR};
     use std::arch::x86_64::*;
 
@@ -889,38 +889,16 @@ mod avx512 {
         accumulate::<G>(x, w, quads, &mut z);
         for (z, at) in z.iter().zip(at) {
             for ((z, consts), at) in z.iter().zip(consts).zip(at) {
-                let Some(e) = e else {
-                    stored16(z, consts, y_zero, out, at);
-                    continue;
-                };
                 // The AVX2 kernel's halves: positions 0-7 and 8-15.
                 let mut c = [[_mm256_setzero_si256(); 2]; MR];
                 for (c, &z) in c.iter_mut().zip(z) {
                     *c = [_mm512_castsi512_si256(z), _mm512_extracti64x4_epi64::<1>(z)];
                 }
-                joined(&c, consts, y_zero, e, out, at);
+                match e {
+                    Some(e) => joined(&c, consts, y_zero, e, out, at),
+                    None => stored(&c, consts, y_zero, out, at),
+                }
             }
-        }
-    }
-
-    /// [`super::avx2::stored`] on 16 lanes: the same requantisation, and `vpmovusdb` after a
-    /// max with 0 saturates to u8 as its two packs do (an out-of-range conversion's i32::MIN
-    /// gives 0 either way).
-    #[inline(always)]
-    unsafe fn stored16(
-        z: &[__m512i; MR],
-        consts: &[(i32, f32)],
-        y_zero: i32,
-        out: OutPtr,
-        at: &[usize; MR],
-    ) {
-        let (zero, y_zero) = (_mm512_setzero_si512(), _mm512_set1_epi32(y_zero));
-        for ((&z, &(offset, multiplier)), &at) in z.iter().zip(consts).zip(at) {
-            let v = _mm512_cvtepi32_ps(_mm512_add_epi32(z, _mm512_set1_epi32(offset)));
-            // cvtps rounds by MXCSR: to nearest, ties to even.
-            let v = _mm512_cvtps_epi32(_mm512_mul_ps(v, _mm512_set1_ps(multiplier)));
-            let v = _mm512_max_epi32(_mm512_add_epi32(v, y_zero), zero);
-            _mm_storeu_si128(out.0.add(at) as *mut __m128i, _mm512_cvtusepi32_epi8(v));
         }
     }
 
