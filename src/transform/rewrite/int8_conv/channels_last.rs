@@ -60,12 +60,13 @@ pub struct Unit {
 }
 
 /// Channel blocks the AVX-512 VNNI kernel computes per call, over [`WIDE_PBS`] position
-/// blocks: 12 positions x 32 channels, 24 accumulators of 16 lanes. The two `vpdpbusd` ports
+/// blocks: 8 positions x 32 channels, 16 accumulators of 16 lanes. The two `vpdpbusd` ports
 /// each wait 5 cycles for a sum, so at least 10 must be in flight, and each 64-byte weight
 /// load (from L2 on the larger convs) should feed many positions. A standalone copy of the
-/// loop on this README's Xeon, GMAC/s for 4 x 64 / 8 x 32 / 12 x 32 channels: 134 / 196 / 271
+/// loop on the README's Xeon, GMAC/s for 4 x 64 / 8 x 32 / 12 x 32 channels: 134 / 196 / 271
 /// at 512 channels over 7x7, 155 / 202 / 265 at 256 over 14x14, 347 / 328 / 307 at 64 over
-/// 56x56 (onnxruntime's `MlasConvSymKernelAvx512Vnni` is 6 x 64).
+/// 56x56 (onnxruntime's `MlasConvSymKernelAvx512Vnni` is 6 x 64). 12 positions need 12 row
+/// pointers, more than the general registers left, and spilled here: twice as slow.
 pub const WIDE: usize = 2;
 /// Position blocks per AVX-512 VNNI call.
 #[cfg(target_arch = "x86_64")]
