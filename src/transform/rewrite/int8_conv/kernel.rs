@@ -318,6 +318,10 @@ pub unsafe fn run_task(
         let mut acc = [[0i32; NR]; MR];
         let mut bytes = [[0u8; NR]; MR];
         let block = |b: usize| &packed[b * quads * NR * KQ..(b + 1) * quads * NR * KQ];
+        // Where group `g`'s rows store output position `pos`.
+        let rows_at = |g: usize, pos: usize| -> [usize; MR] {
+            std::array::from_fn(|r| base + (g * MR + r) * p + pos)
+        };
         // Where block `b` starts in its output row when it is one whole run of one.
         #[cfg(target_arch = "x86_64")]
         let whole = |b: usize, runs: &mut [(usize, usize, usize); NR]| {
@@ -336,9 +340,7 @@ pub unsafe fn run_task(
             if let (Some(rq), true) = (&w.requant, isa >= Isa::Avx512Vnni && b + 1 < blocks) {
                 if let (Some(p0), Some(p1)) = (whole(b, &mut runs), whole(b + 1, &mut runs)) {
                     let x = [block(b).as_ptr(), block(b + 1).as_ptr()];
-                    let at = |g: usize| {
-                        [p0, p1].map(|pos| std::array::from_fn(|r| base + (g * MR + r) * p + pos))
-                    };
+                    let at = |g: usize| [rows_at(g, p0), rows_at(g, p1)];
                     let consts = |g: usize| {
                         let channels = (w.m - g * MR).min(MR);
                         rq.consts.get(g).map(|c| &c[..channels])
@@ -397,7 +399,7 @@ pub unsafe fn run_task(
                 {
                     // A whole block of one output row: requantised, joined if there is a join,
                     // and stored straight from the registers.
-                    let at: [usize; MR] = std::array::from_fn(|r| base + (g * MR + r) * p + pos);
+                    let at = rows_at(g, *pos);
                     debug_assert!(at[channels.len() - 1] + NR <= out_len);
                     let (xp, wp, consts) = (xb.as_ptr(), wg.as_ptr(), &consts[..channels.len()]);
                     // SAFETY: AVX2 (`isa`), the rows' ranges in bounds (above) and this task's.
@@ -422,7 +424,7 @@ pub unsafe fn run_task(
                     None => microkernel(xb, wg, quads, half, &mut acc, isa),
                 }
                 if let Some(e) = epilogue.filter(|_| consts.is_some()) {
-                    let at: [usize; MR] = std::array::from_fn(|r| base + (g * MR + r) * p);
+                    let at = rows_at(g, 0);
                     debug_assert!(runs[..count].iter().all(|&(_, pos, run)| pos + run <= p));
                     // SAFETY: in bounds (above), and this task's channels x positions only.
                     unsafe { e.apply_runs(&bytes, channels.len(), &at, &runs[..count], out, isa) };
