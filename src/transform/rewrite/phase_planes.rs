@@ -254,11 +254,17 @@ pub fn output_runs(
     n: usize,
     runs: &mut [(usize, usize, usize); NR],
 ) -> usize {
-    let Rows::Phased { wq: wp, .. } = rows else {
-        runs[0] = (0, p0, n);
-        return 1;
-    };
     let ow = geo.out.1;
+    // Planes as wide as the output (a strided 1x1, or a narrow unaligned map whose kernel is 1
+    // wide) drop no columns: the positions are the outputs, one run, so the kernels' whole-
+    // block paths take the block rather than a run per output row.
+    let wp = match rows {
+        Rows::Phased { wq, .. } if wq != ow => wq,
+        _ => {
+            runs[0] = (0, p0, n);
+            return 1;
+        }
+    };
     let (mut j, mut count) = (0, 0);
     while j < n {
         let (oy, ox) = ((p0 + j) / wp, (p0 + j) % wp);
