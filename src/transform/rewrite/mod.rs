@@ -7,6 +7,7 @@
 //! `RESNET_EDGE_NO_REWRITE=NAME,...|all` anywhere (the library reads it at every load, so the
 //! test suite runs with rewrites on and off).
 
+pub mod aligned;
 pub mod direct_conv;
 pub mod int8_conv;
 pub mod int8_quantize;

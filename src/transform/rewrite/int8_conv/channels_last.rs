@@ -12,6 +12,7 @@
 
 use super::kernel::{requantise, Epilogue, Isa, OutPtr, QParams, PAIR_MAX};
 use super::Geometry;
+use crate::transform::rewrite::aligned::Aligned;
 use crate::transform::rewrite::copy_run;
 use crate::transform::rewrite::int8_residual::{join, B};
 
@@ -37,8 +38,9 @@ pub struct ChannelsLast {
     pixels: usize,
     taps: usize,
     positions: usize,
-    /// `[m / CB][taps][c4 / KQ][CB][KQ]`; channels past `m` and inputs past `C` zero.
-    packed: Vec<i8>,
+    /// `[m / CB][taps][c4 / KQ][CB][KQ]`; channels past `m` and inputs past `C` zero. Every
+    /// step is one aligned 64-byte load.
+    packed: Aligned<i8>,
     /// `[positions][taps]`: where each tap's channel vector starts in the NHWC copy; taps in
     /// the padding point at the zero-point vector after the image.
     offsets: Vec<u32>,
@@ -149,7 +151,7 @@ impl ChannelsLast {
             pixels: h * wd,
             taps,
             positions: oh * ow,
-            packed,
+            packed: Aligned::from_slice(&packed),
             offsets,
             consts,
             y_zero: y_zero as i32,

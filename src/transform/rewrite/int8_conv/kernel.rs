@@ -15,6 +15,8 @@
 
 use std::cell::RefCell;
 
+use crate::transform::rewrite::aligned::Aligned;
+
 use crate::transform::rewrite::int8_residual::{join, Int8ResidualAdd, B};
 pub use crate::transform::rewrite::isa::Isa;
 pub use crate::transform::rewrite::phase_planes::{output_runs, prepare, Geometry, Rows, Task, NR};
@@ -195,7 +197,7 @@ pub fn tasks(geo: &Geometry, m: usize, images: usize, threads: usize) -> Vec<Tas
 thread_local! {
     /// Packed activations, reused across runs (a fresh allocation of this size
     /// would be mapped and faulted in on every call).
-    static SCRATCH: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+    static SCRATCH: RefCell<Aligned<u8>> = const { RefCell::new(Aligned::new()) };
 }
 
 /// Output pointer shared by the tasks, each writing its own channels x positions.
@@ -306,7 +308,8 @@ pub unsafe fn run_task(
     SCRATCH.with(|scratch| {
         let mut scratch = scratch.borrow_mut();
         let packed = &mut *scratch;
-        packed.resize(blocks * quads * NR * KQ, 0);
+        // Aligned: each block is whole 64-byte quads, which the AVX-512 kernel loads.
+        packed.resize(blocks * quads * NR * KQ);
         let start = task.positions.start;
         let row = |k: usize| {
             let &at = starts.get(k)?;
