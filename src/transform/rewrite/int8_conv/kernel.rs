@@ -325,67 +325,43 @@ pub unsafe fn run_task(
         let rows_at = |g: usize, pos: usize| -> [usize; MR] {
             std::array::from_fn(|r| base + (g * MR + r) * p + pos)
         };
-        // Where block `b` starts in its output row when it is one whole run of one.
+        // AVX-512 VNNI takes every block that is one run of one output row (whole, or a row's
+        // last 1-15 outputs), two blocks per call.
         #[cfg(target_arch = "x86_64")]
-        let whole = |b: usize, runs: &mut [(usize, usize, usize); NR]| {
-            let p0 = task.positions.start + b * NR;
-            let n = NR.min(task.positions.end - p0);
-            let count = output_runs(geo, rows, p0, n, runs);
-            match runs[..count] {
-                [(0, pos, NR)] => Some(pos),
-                _ => None,
-            }
-        };
-        let mut b = 0;
-        while b < blocks {
-            // AVX-512 VNNI: two whole blocks at a time, two channel groups at a time.
-            #[cfg(target_arch = "x86_64")]
-            if let (Some(rq), true) = (&w.requant, isa >= Isa::Avx512Vnni && b + 1 < blocks) {
-                if let (Some(p0), Some(p1)) = (whole(b, &mut runs), whole(b + 1, &mut runs)) {
-                    let x = [block(b).as_ptr(), block(b + 1).as_ptr()];
-                    let at = |g: usize| [rows_at(g, p0), rows_at(g, p1)];
-                    let consts = |g: usize| {
-                        let channels = (w.m - g * MR).min(MR);
-                        rq.consts.get(g).map(|c| &c[..channels])
-                    };
-                    let mut g = task.groups.start;
-                    while g < task.groups.end {
-                        let Some(c0) = consts(g) else {
-                            g += 1;
-                            continue;
-                        };
-                        let y = rq.y_zero;
-                        // SAFETY: AVX-512 VNNI (`isa`); both blocks' rows in bounds (as the
-                        // AVX2 path's below) and this task's.
-                        unsafe {
-                            match (g + 1 < task.groups.end).then(|| consts(g + 1)).flatten() {
-                                Some(c1) => {
-                                    let wp = [w.group(g).as_ptr(), w.group(g + 1).as_ptr()];
-                                    let [a0, a1] = at(g);
-                                    let [b0, b1] = at(g + 1);
-                                    let at = [[a0, b0], [a1, b1]];
-                                    avx512::blocks(x, wp, quads, [c0, c1], y, epilogue, out, &at);
-                                    g += 2;
-                                }
-                                None => {
-                                    let wp = [w.group(g).as_ptr()];
-                                    let [a0, a1] = at(g);
-                                    let at = [[a0], [a1]];
-                                    avx512::blocks(x, wp, quads, [c0], y, epilogue, out, &at);
-                                    g += 1;
-                                }
-                            }
-                        }
-                    }
-                    b += 2;
-                    continue;
-                }
-            }
+        let vnni = w.requant.as_ref().filter(|_| isa >= Isa::Avx512Vnni);
+        #[cfg(target_arch = "x86_64")]
+        let mut pending = None;
+        for b in 0..blocks {
             let xb = block(b);
             let p0 = task.positions.start + b * NR;
             let n = NR.min(task.positions.end - p0);
             let count = output_runs(geo, rows, p0, n, &mut runs);
-            b += 1;
+            #[cfg(target_arch = "x86_64")]
+            if let (Some(rq), &[(0, pos, len)]) = (vnni, &runs[..count]) {
+                let this = (xb.as_ptr(), pos, len);
+                match pending.take() {
+                    None => pending = Some(this),
+                    // SAFETY: AVX-512 VNNI (`isa`); the blocks' rows in bounds (as the AVX2
+                    // path's below) and this task's.
+                    Some(first) => unsafe {
+                        run_vnni(
+                            w,
+                            rq,
+                            quads,
+                            &task.groups,
+                            [first, this],
+                            &rows_at,
+                            epilogue,
+                            out,
+                        )
+                    },
+                }
+                continue;
+            }
+            if count == 0 {
+                // Only columns past the output width (a block-aligned plane's padding).
+                continue;
+            }
             for g in task.groups.clone() {
                 let wg = w.group(g);
                 let channels = g * MR..((g + 1) * MR).min(w.m);
@@ -452,7 +428,59 @@ pub unsafe fn run_task(
                 }
             }
         }
+        #[cfg(target_arch = "x86_64")]
+        if let (Some(rq), Some(last)) = (vnni, pending) {
+            // SAFETY: as above.
+            unsafe { run_vnni(w, rq, quads, &task.groups, [last], &rows_at, epilogue, out) };
+        }
     });
+}
+
+/// AVX-512 VNNI: blocks `bs` (packed activations, where the block's one run starts in its
+/// output row, its length) x channel groups `groups`, two groups per call.
+///
+/// # Safety
+/// AVX-512 VNNI; every block's rows (`rows_at`) inside the output, and the epilogue's `b` and
+/// sum, written by no other task.
+#[cfg(target_arch = "x86_64")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn run_vnni<const V: usize>(
+    w: &Weights,
+    rq: &Requant,
+    quads: usize,
+    groups: &std::ops::Range<usize>,
+    bs: [(*const u8, usize, usize); V],
+    rows_at: &impl Fn(usize, usize) -> [usize; MR],
+    epilogue: Option<&Epilogue>,
+    out: OutPtr,
+) {
+    let (x, lens) = (bs.map(|b| b.0), bs.map(|b| b.2));
+    let consts = |g: usize| {
+        let channels = (w.m - g * MR).min(MR);
+        rq.consts.get(g).map(|c| &c[..channels])
+    };
+    let y = rq.y_zero;
+    let mut g = groups.start;
+    while g < groups.end {
+        let Some(c0) = consts(g) else {
+            g += 1;
+            continue;
+        };
+        match (g + 1 < groups.end).then(|| consts(g + 1)).flatten() {
+            Some(c1) => {
+                let wp = [w.group(g).as_ptr(), w.group(g + 1).as_ptr()];
+                let at = bs.map(|(_, pos, _)| [rows_at(g, pos), rows_at(g + 1, pos)]);
+                avx512::blocks(x, lens, wp, quads, [c0, c1], y, epilogue, out, &at);
+                g += 2;
+            }
+            None => {
+                let at = bs.map(|(_, pos, _)| [rows_at(g, pos)]);
+                let wp = [w.group(g).as_ptr()];
+                avx512::blocks(x, lens, wp, quads, [c0], y, epilogue, out, &at);
+                g += 1;
+            }
+        }
+    }
 }
 
 /// Interleave im2col rows into the microkernel's layout: per block of [`NR`] positions and per
@@ -868,57 +896,62 @@ mod avx512 {
     use crate::transform::rewrite::int8_residual::Dequant;
     use std::arch::x86_64::*;
 
-    /// Two whole blocks of output-row positions (`x[v]`) x `G` channel groups (`w[h]`, with
-    /// `consts[h]`), requantised, joined by `e` if given, and stored: row `r` of group `h`,
-    /// block `v` to `out + at[v][h][r]`. `G * 12` accumulators of 16 lanes: a block's quad
-    /// of 16 positions is one register, so a 6 x 16 tile alone would leave the two
-    /// `vpdpbusd` ports waiting on 6 chains of 5 cycles.
+    /// `V` blocks of output-row positions (`x[v]`, its first `lens[v]` stored) x `G` channel
+    /// groups (`w[h]`, with `consts[h]`), requantised, joined by `e` if given, and stored: row
+    /// `r` of group `h`, block `v` to `out + at[v][h][r]`. Two blocks and two groups are 16
+    /// accumulators of 16 lanes: a block's quad of 16 positions is one register, so one block
+    /// alone would leave the two `vpdpbusd` ports waiting on 8 chains of 5 cycles.
     ///
     /// # Safety
-    /// AVX-512F/BW and VNNI; `x[v]` holds `quads` packed quads, `w[h]` `quads * MR * KQ`
-    /// bytes; the rows' ranges inside the output (and the epilogue's `b` and sum), written by
-    /// no other task.
+    /// AVX-512F/BW/VL and VNNI; `x[v]` holds `quads` packed quads, `w[h]` `quads * MR * KQ`
+    /// bytes; the rows' ranges (`lens[v]` from `at`) inside the output (and the epilogue's
+    /// `b` and sum), written by no other task.
     #[allow(clippy::too_many_arguments)]
-    #[target_feature(enable = "avx2,avx512f,avx512bw,avx512vnni")]
-    pub unsafe fn blocks<const G: usize>(
-        x: [*const u8; 2],
+    #[target_feature(enable = "avx2,avx512f,avx512bw,avx512vl,avx512vnni")]
+    pub unsafe fn blocks<const V: usize, const G: usize>(
+        x: [*const u8; V],
+        lens: [usize; V],
         w: [*const i8; G],
         quads: usize,
         consts: [&[(i32, f32)]; G],
         y_zero: i32,
         e: Option<&Epilogue>,
         out: OutPtr,
-        at: &[[[usize; MR]; G]; 2],
+        at: &[[[usize; MR]; G]; V],
     ) {
-        let mut z = [[[_mm512_setzero_si512(); MR]; G]; 2];
-        accumulate::<G>(x, w, quads, &mut z);
-        for (z, at) in z.iter().zip(at) {
+        let mut z = [[[_mm512_setzero_si512(); MR]; G]; V];
+        accumulate::<V, G>(x, w, quads, &mut z);
+        for ((z, at), &n) in z.iter().zip(at).zip(&lens) {
+            // A row's last 1-15 outputs: masked loads and stores.
+            let mask = (1u32 << n.min(NR)).wrapping_sub(1) as __mmask16;
             for ((z, consts), at) in z.iter().zip(consts).zip(at) {
-                for ((&z, &(offset, multiplier)), &at) in z.iter().zip(consts.iter()).zip(at) {
-                    let y = requantised16(z, offset, multiplier, y_zero, e, at);
-                    _mm_storeu_si128(out.0.add(at) as *mut __m128i, y);
+                for ((&z, &consts), &at) in z.iter().zip(consts.iter()).zip(at) {
+                    let y = requantised16(z, consts, y_zero, e, at, n, mask);
+                    _mm512_mask_cvtusepi32_storeu_epi8(out.0.add(at) as *mut i8, mask, y);
                 }
             }
         }
     }
 
-    /// One row's 16 outputs as [`super::avx2::stored`] or, with `e`, [`super::avx2::joined`]
-    /// make them: the same f32 operations in the same order, so the same bytes, at half the
+    /// One row's 16 outputs, for the caller to store, as [`super::avx2::stored`] or, with `e`,
+    /// [`super::avx2::joined`] make them: the same f32 operations in the same order, so the same bytes, at half the
     /// instructions (`perf annotate`: the two-half epilogue took 16% of int8 ResNet-50 against
     /// 22% for the accumulation). `vpmovusdb` after a max with 0 saturates to u8 as the two
     /// packs do (an out-of-range conversion's i32::MIN gives 0 either way).
     ///
     /// # Safety
-    /// AVX-512F/BW; with `e`, elements `at..at + 16` inside its `b` and sum.
+    /// AVX-512F/BW/VL; with `e`, elements `at..at + n` inside its `b` and sum, `mask` their
+    /// lanes.
     #[inline(always)]
     unsafe fn requantised16(
         z: __m512i,
-        offset: i32,
-        multiplier: f32,
+        (offset, multiplier): (i32, f32),
         y_zero: i32,
         e: Option<&Epilogue>,
         at: usize,
-    ) -> __m128i {
+        n: usize,
+        mask: __mmask16,
+    ) -> __m512i {
         let zero = _mm512_setzero_si512();
         let v = _mm512_cvtepi32_ps(_mm512_add_epi32(z, _mm512_set1_epi32(offset)));
         // cvtps rounds by MXCSR: to nearest, ties to even.
@@ -933,17 +966,17 @@ mod avx512 {
             let a = _mm512_min_epi32(y, _mm512_set1_epi32(255));
             let db = match e.b {
                 B::Quantised(b, d) => {
-                    let b = _mm_loadu_si128(b[at..at + NR].as_ptr() as *const __m128i);
+                    let b = _mm_maskz_loadu_epi8(mask, b[at..at + n].as_ptr() as *const i8);
                     dequantise(_mm512_cvtepu8_epi32(b), d)
                 }
-                B::Float(b) => _mm512_loadu_ps(b[at..at + NR].as_ptr()),
+                B::Float(b) => _mm512_maskz_loadu_ps(mask, b[at..at + n].as_ptr()),
             };
             let mut v = _mm512_add_ps(dequantise(a, op.a), db);
             if op.relu {
                 v = _mm512_max_ps(v, _mm512_setzero_ps());
             }
             if let Some(sum) = e.sum {
-                _mm512_storeu_ps((sum.0 as *mut f32).add(at), v);
+                _mm512_mask_storeu_ps((sum.0 as *mut f32).add(at), mask, v);
             }
             // As `quantise8`: clamped inside i32 before the conversion.
             let scaled = _mm512_mul_ps(v, _mm512_set1_ps(op.inv_scale));
@@ -954,30 +987,30 @@ mod avx512 {
             let q = _mm512_add_epi32(_mm512_cvtps_epi32(scaled), _mm512_set1_epi32(op.zero));
             y = _mm512_max_epi32(q, zero);
         }
-        _mm512_cvtusepi32_epi8(y)
+        y
     }
 
     /// The accumulators of [`blocks`], `[block][group][row]`. Out of line, as channels-last's:
     /// inlined, LLVM may keep an accumulator in memory across the loop.
     #[inline(never)]
     #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
-    unsafe fn accumulate<const G: usize>(
-        x: [*const u8; 2],
+    unsafe fn accumulate<const V: usize, const G: usize>(
+        x: [*const u8; V],
         w: [*const i8; G],
         quads: usize,
-        out: &mut [[[__m512i; MR]; G]; 2],
+        out: &mut [[[__m512i; MR]; G]; V],
     ) {
-        let mut c = [[[_mm512_setzero_si512(); MR]; G]; 2];
+        let mut c = [[[_mm512_setzero_si512(); MR]; G]; V];
         for q in 0..quads {
-            let a0 = _mm512_loadu_si512(x[0].add(q * NR * KQ) as *const __m512i);
-            let a1 = _mm512_loadu_si512(x[1].add(q * NR * KQ) as *const __m512i);
-            let [c0, c1] = &mut c;
-            for ((c0, c1), w) in c0.iter_mut().zip(c1.iter_mut()).zip(w) {
+            let a: [__m512i; V] =
+                std::array::from_fn(|v| _mm512_loadu_si512(x[v].add(q * NR * KQ) as *const _));
+            for (h, w) in w.iter().enumerate() {
                 let wq = w.add(q * MR * KQ) as *const i32;
-                for (r, (c0, c1)) in c0.iter_mut().zip(c1.iter_mut()).enumerate() {
+                for r in 0..MR {
                     let b = _mm512_set1_epi32(wq.add(r).read_unaligned());
-                    *c0 = _mm512_dpbusd_epi32(*c0, a0, b);
-                    *c1 = _mm512_dpbusd_epi32(*c1, a1, b);
+                    for (c, &a) in c.iter_mut().zip(&a) {
+                        c[h][r] = _mm512_dpbusd_epi32(c[h][r], a, b);
+                    }
                 }
             }
         }
