@@ -252,7 +252,7 @@ impl Epilogue<'_> {
     /// # Safety
     /// As [`Epilogue::apply_runs`].
     #[inline(always)]
-    unsafe fn apply(&self, a: &[u8], out: OutPtr, at: usize, join: JoinFn) {
+    pub(super) unsafe fn apply(&self, a: &[u8], out: OutPtr, at: usize, join: JoinFn) {
         let n = a.len();
         let q = std::slice::from_raw_parts_mut(out.0.add(at), n);
         let s = self
