@@ -58,6 +58,13 @@ impl<T: Plain> Aligned<T> {
         a
     }
 
+    /// `len` zeros, reusing the allocation (a scratch buffer cleared for each use).
+    pub fn zeroed_to(&mut self, len: usize) -> &mut [T] {
+        self.resize(len);
+        self.fill(T::default());
+        self
+    }
+
     /// `len` elements: those kept keep their values; the others are zero, or what they held
     /// before a shrink (scratch buffers overwrite them).
     pub fn resize(&mut self, len: usize) {
@@ -105,5 +112,6 @@ mod tests {
         assert_eq!(a.len(), 40);
         a.resize(2);
         assert_eq!(&a[..], &[1.5, -2.0]);
+        assert_eq!(a.zeroed_to(5), &[0.0; 5]);
     }
 }

@@ -14,6 +14,7 @@
 use std::cell::RefCell;
 use std::ops::Range;
 
+use crate::transform::rewrite::aligned::Aligned;
 use crate::transform::rewrite::copy_run;
 pub use crate::transform::rewrite::isa::Isa;
 pub use crate::transform::rewrite::phase_planes::Task;
@@ -111,9 +112,9 @@ pub fn available() -> bool {
 thread_local! {
     /// Packed activations, reused across runs (a fresh allocation of this size would be
     /// mapped and faulted in on every call).
-    static SCRATCH: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+    static SCRATCH: RefCell<Aligned<f32>> = const { RefCell::new(Aligned::new()) };
     /// Outputs of a task accumulated over several depth blocks (see `run_task`).
-    static STAGING: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+    static STAGING: RefCell<Aligned<f32>> = const { RefCell::new(Aligned::new()) };
 }
 
 /// Output pointer shared by the tasks, each writing its own channels x positions.
@@ -122,17 +123,6 @@ pub struct OutPtr(pub *mut f32);
 // SAFETY: tasks write disjoint elements (see `run_task`), and the buffer outlives the scope.
 unsafe impl Send for OutPtr {}
 unsafe impl Sync for OutPtr {}
-
-/// `len` zeros in `buf`, starting on a 64-byte boundary: a panel row is then one cache line,
-/// and neither of its two vector loads splits one (`Vec<f32>` is only 16-byte aligned, large
-/// ones at 16 bytes past a page).
-fn zeroed(buf: &mut Vec<f32>, len: usize) -> &mut [f32] {
-    const LANES: usize = 64 / std::mem::size_of::<f32>();
-    buf.clear();
-    buf.resize(len + LANES, 0.0);
-    let skip = buf.as_ptr().align_offset(64).min(LANES);
-    &mut buf[skip..skip + len]
-}
 
 /// Pack (virtual) positions `ps` of depth rows `ks` of one image's prepared input `x` into
 /// `out`, zeroed, as panels `[panel][ks.len()][NR]` (zero past the last position).
@@ -191,12 +181,14 @@ pub unsafe fn run_task(
         STAGING.with(|staging| {
             let (mut scratch, mut staging) = (scratch.borrow_mut(), staging.borrow_mut());
             let staging = match staged {
-                true => zeroed(&mut staging, task.groups.len() * MR * width),
+                true => staging.zeroed_to(task.groups.len() * MR * width),
                 false => &mut [],
             };
             let staging_ptr = staging.as_mut_ptr();
             for (b, ks) in blocks.iter().enumerate() {
-                let packed = zeroed(&mut scratch, width * ks.len());
+                // Aligned: a panel row is one cache line, and neither of its two vector
+                // loads splits one.
+                let packed = scratch.zeroed_to(width * ks.len());
                 pack(starts, x, &task.positions, ks, packed);
                 let (first, last) = (b == 0, b + 1 == blocks.len());
                 // BLIS's loop order: a block of weight panels stays in L2 while each
