@@ -315,7 +315,7 @@ pub unsafe fn run_task(
             let &at = starts.get(k)?;
             image.get(at + start..at + start + len)
         };
-        pack(row, quads, geo.depth(), len, w.x_zero, packed);
+        pack(row, quads, geo.depth(), len, w.x_zero, packed, isa);
         let mut runs = [(0, 0, 0); NR];
         let rows = geo.rows();
         let mut acc = [[0i32; NR]; MR];
@@ -493,28 +493,36 @@ fn pack<'a>(
     len: usize,
     zero: u8,
     packed: &mut [u8],
+    isa: Isa,
 ) {
     let blocks = len.div_ceil(NR);
     for q in 0..quads {
         let rows: [Option<&[u8]>; KQ] =
             std::array::from_fn(|i| (q * KQ + i < depth).then(|| row(q * KQ + i)).flatten());
-        for b in 0..blocks {
-            let dst = &mut packed[(b * quads + q) * NR * KQ..][..NR * KQ];
+        let mut b = 0;
+        while b < blocks {
             let p0 = b * NR;
             let n = NR.min(len - p0);
             #[cfg(target_arch = "x86_64")]
-            if n == NR {
-                if let [Some(r0), Some(r1), Some(r2), Some(r3)] = rows {
-                    let src = [
-                        &r0[p0..p0 + NR],
-                        &r1[p0..p0 + NR],
-                        &r2[p0..p0 + NR],
-                        &r3[p0..p0 + NR],
-                    ];
-                    sse2::interleave(src, dst);
+            if let [Some(r0), Some(r1), Some(r2), Some(r3)] = rows {
+                let at = (b * quads + q) * NR * KQ;
+                // Four whole blocks at once on AVX-512: a third of SSE2's instructions.
+                if isa >= Isa::Avx512 && p0 + 4 * NR <= len {
+                    let src = [r0, r1, r2, r3].map(|r| &r[p0..p0 + 4 * NR]);
+                    // SAFETY: AVX-512 (`isa`).
+                    unsafe { avx512::interleave(src, &mut packed[at..], quads * NR * KQ) };
+                    b += 4;
+                    continue;
+                }
+                if n == NR {
+                    let src = [r0, r1, r2, r3].map(|r| &r[p0..p0 + NR]);
+                    sse2::interleave(src, &mut packed[at..][..NR * KQ]);
+                    b += 1;
                     continue;
                 }
             }
+            let _ = isa;
+            let dst = &mut packed[(b * quads + q) * NR * KQ..][..NR * KQ];
             for (i, r) in rows.iter().enumerate() {
                 match r {
                     Some(r) => {
@@ -528,6 +536,7 @@ fn pack<'a>(
                     None => (0..NR).for_each(|j| dst[j * KQ + i] = zero),
                 }
             }
+            b += 1;
         }
     }
 }
@@ -988,6 +997,39 @@ mod avx512 {
             y = _mm512_max_epi32(q, zero);
         }
         y
+    }
+
+    /// [`super::sse2::interleave`] over 64 positions: four blocks of `[NR][KQ]` bytes, block
+    /// `i` written `i * stride` bytes into `dst`.
+    ///
+    /// # Safety
+    /// AVX-512F/BW.
+    #[target_feature(enable = "avx512f,avx512bw")]
+    pub unsafe fn interleave(src: [&[u8]; KQ], dst: &mut [u8], stride: usize) {
+        assert!(src.iter().all(|r| r.len() >= 4 * NR) && dst.len() >= 3 * stride + NR * KQ);
+        let load = |r: &[u8]| _mm512_loadu_si512(r.as_ptr() as *const _);
+        let (r0, r1, r2, r3) = (load(src[0]), load(src[1]), load(src[2]), load(src[3]));
+        let (lo01, hi01) = (_mm512_unpacklo_epi8(r0, r1), _mm512_unpackhi_epi8(r0, r1));
+        let (lo23, hi23) = (_mm512_unpacklo_epi8(r2, r3), _mm512_unpackhi_epi8(r2, r3));
+        // 128-bit lane `l` of a, b, c, d: positions 16l + 0-3, 4-7, 8-11, 12-15, 4 bytes each.
+        let a = _mm512_unpacklo_epi16(lo01, lo23);
+        let b = _mm512_unpackhi_epi16(lo01, lo23);
+        let c = _mm512_unpacklo_epi16(hi01, hi23);
+        let d = _mm512_unpackhi_epi16(hi01, hi23);
+        // Block `l` is lane `l` of a, b, c and d: a 4 x 4 transpose of lanes.
+        let ab_lo = _mm512_shuffle_i64x2::<0b01_00_01_00>(a, b);
+        let ab_hi = _mm512_shuffle_i64x2::<0b11_10_11_10>(a, b);
+        let cd_lo = _mm512_shuffle_i64x2::<0b01_00_01_00>(c, d);
+        let cd_hi = _mm512_shuffle_i64x2::<0b11_10_11_10>(c, d);
+        let blocks = [
+            _mm512_shuffle_i64x2::<0b10_00_10_00>(ab_lo, cd_lo),
+            _mm512_shuffle_i64x2::<0b11_01_11_01>(ab_lo, cd_lo),
+            _mm512_shuffle_i64x2::<0b10_00_10_00>(ab_hi, cd_hi),
+            _mm512_shuffle_i64x2::<0b11_01_11_01>(ab_hi, cd_hi),
+        ];
+        for (i, v) in blocks.into_iter().enumerate() {
+            _mm512_storeu_si512(dst.as_mut_ptr().add(i * stride) as *mut _, v);
+        }
     }
 
     /// The accumulators of [`blocks`], `[block][group][row]`. Out of line, as channels-last's:
