@@ -16,7 +16,6 @@
 use std::cell::RefCell;
 
 use crate::transform::rewrite::aligned::Aligned;
-
 use crate::transform::rewrite::int8_residual::{join, Int8ResidualAdd, B};
 pub use crate::transform::rewrite::isa::Isa;
 pub use crate::transform::rewrite::phase_planes::{output_runs, prepare, Geometry, Rows, Task, NR};
@@ -943,10 +942,11 @@ mod avx512 {
     }
 
     /// One row's 16 outputs, for the caller to store, as [`super::avx2::stored`] or, with `e`,
-    /// [`super::avx2::joined`] make them: the same f32 operations in the same order, so the same bytes, at half the
-    /// instructions (`perf annotate`: the two-half epilogue took 16% of int8 ResNet-50 against
-    /// 22% for the accumulation). `vpmovusdb` after a max with 0 saturates to u8 as the two
-    /// packs do (an out-of-range conversion's i32::MIN gives 0 either way).
+    /// [`super::avx2::joined`] make them: the same f32 operations in the same order, so the
+    /// same bytes, at half the instructions (`perf annotate`: the two-half epilogue took 16% of
+    /// int8 ResNet-50 against 22% for the accumulation). `vpmovusdb` after a max with 0
+    /// saturates to u8 as the two packs do (an out-of-range conversion's i32::MIN gives 0
+    /// either way).
     ///
     /// # Safety
     /// AVX-512F/BW/VL; with `e`, elements `at..at + n` inside its `b` and sum, `mask` their
