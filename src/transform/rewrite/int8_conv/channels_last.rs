@@ -253,11 +253,14 @@ impl ChannelsLast {
             let p = p.min(self.positions - 1);
             &self.offsets[p * self.taps..][..self.taps]
         };
+        // Channel block `block`'s channels, and where its first channel's row starts.
+        let channels = |block: usize| (self.m - block * CB).min(CB);
+        let row = |block: usize| (unit.image * self.m + block * CB) * self.positions;
         let emit = |pb: usize, block: usize, tile: &[[u8; CB]; PB]| {
-            let (p0, channels) = (pb * PB, (self.m - block * CB).min(CB));
-            let at = (unit.image * self.m + block * CB) * self.positions + p0;
+            let (p0, n) = (pb * PB, channels(block));
+            let (count, at) = (PB.min(self.positions - p0), row(block) + p0);
             // SAFETY: the caller's contract.
-            unsafe { self.emit(tile, channels, PB.min(self.positions - p0), at, out, isa) };
+            unsafe { self.emit(tile, n, count, at, out, isa) };
         };
         let mut pb = unit.first;
         while pb < unit.end {
@@ -303,8 +306,8 @@ impl ChannelsLast {
             let mut a = [0u8; UNIT_BLOCKS * PB];
             let a = &mut a[..len];
             for block in blocks {
-                for r in 0..(self.m - block * CB).min(CB) {
-                    let at = (unit.image * self.m + block * CB + r) * self.positions + start;
+                for r in 0..channels(block) {
+                    let at = row(block) + r * self.positions + start;
                     // SAFETY: the caller's contract: this unit's outputs, stored above.
                     unsafe {
                         std::ptr::copy_nonoverlapping(out.0.add(at), a.as_mut_ptr(), len);
@@ -684,7 +687,8 @@ mod tests {
             (g((5, 9, 7), (3, 3), (1, 1), (1, 1), (9, 7)), 6, 1),
             // Two images; more than one channel block and one unit of positions.
             (g((8, 13, 11), (3, 3), (1, 1), (1, 1), (13, 11)), 37, 2),
-            // Four whole channel blocks (one AVX-512 VNNI call) and a partial fifth.
+            // Four whole channel blocks (two AVX-512 VNNI units) and a partial fifth (a unit
+            // of one block, on the single-block path).
             (g((8, 7, 6), (3, 3), (1, 1), (1, 1), (7, 6)), 70, 2),
             // Channels and pixels past whole 16 x 16 transpose blocks (32 x 42).
             (g((32, 6, 7), (3, 3), (1, 1), (1, 1), (6, 7)), 20, 1),
