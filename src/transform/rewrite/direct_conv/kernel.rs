@@ -4,7 +4,8 @@
 //! high-performance matrix multiplication", TOMS 2008): the activations of a chunk of
 //! positions and a block of input channels are packed into 16-position panels that stay in
 //! L2, the weights were packed into 6-channel panels at load, and a 6-channel x 16-position
-//! FMA microkernel keeps its 12 accumulators in registers over the block's depth.
+//! FMA microkernel keeps its 12 accumulators in registers over the block's depth (with
+//! AVX-512, 24 of 16 lanes: two such tiles of two groups, or one of four; see [`Unit`]).
 //!
 //! Bias and ReLU are applied as the last depth block's tile is stored.
 //!
@@ -173,10 +174,31 @@ pub unsafe fn run_task(
     let staged = blocks.len() > 1 && matches!(rows, Rows::Phased { .. });
     let width = task.positions.len().next_multiple_of(NR);
     let panels = width / NR;
-    // AVX-512 runs full tiles two panels at a time (16-lane registers: a 6 x 16 tile alone
-    // has too few accumulators to hide the FMA latency; see [`wide`]).
-    let step = if isa >= Isa::Avx512 { 2 } else { 1 };
-    let mut runs: [(Runs, usize); 2] = [([(0, 0, 0); NR], 0); 2];
+    let mut runs: Runs = [(0, 0, 0); NR];
+    // How each panel's outputs are stored (see [`Panel`]), for the AVX-512 units.
+    let kinds: Vec<Panel> = match isa >= Isa::Avx512 {
+        true => (0..panels)
+            .map(|j| match staged {
+                true => Panel::Whole(j * NR),
+                false => {
+                    let p0 = task.positions.start + j * NR;
+                    let n = NR.min(task.positions.end - p0);
+                    match output_runs(geo, rows, p0, n, &mut runs) {
+                        0 => Panel::Dropped,
+                        1 if runs[0].0 == 0 && runs[0].2 == NR => Panel::Whole(runs[0].1),
+                        _ => Panel::Pieces,
+                    }
+                }
+            })
+            .collect(),
+        false => Vec::new(),
+    };
+    let whole: Vec<(usize, usize)> = (kinds.iter().enumerate())
+        .filter_map(|(j, kind)| match *kind {
+            Panel::Whole(start) => Some((j, start)),
+            _ => None,
+        })
+        .collect();
     SCRATCH.with(|scratch| {
         STAGING.with(|staging| {
             let (mut scratch, mut staging) = (scratch.borrow_mut(), staging.borrow_mut());
@@ -185,89 +207,151 @@ pub unsafe fn run_task(
                 false => &mut [],
             };
             let staging_ptr = staging.as_mut_ptr();
+            let ldc = if staged { width } else { p };
+            // Where group `g`'s rows of the outputs at `start` begin, and how many of the
+            // rows from there on are real channels (the staging copy holds whole groups).
+            let at = |g: usize, start: usize| match staged {
+                // SAFETY: inside `staging` (sized above).
+                true => unsafe { staging_ptr.add((g - task.groups.start) * MR * width + start) },
+                // SAFETY: channel `g * MR` of the image, in bounds.
+                false => unsafe { out.0.add((task.image * w.m + g * MR) * p + start) },
+            };
+            let real = |g: usize| match staged {
+                true => usize::MAX,
+                false => w.m - g * MR,
+            };
             for (b, ks) in blocks.iter().enumerate() {
                 // Aligned: a panel row is one cache line, and neither of its two vector
                 // loads splits one.
                 let packed = scratch.zeroed_to(width * ks.len());
                 pack(starts, x, &task.positions, ks, packed);
                 let (first, last) = (b == 0, b + 1 == blocks.len());
+                let (depth, load) = (ks.len(), !first);
+                let panel = |j: usize| &packed[j * depth * NR..][..depth * NR];
+                let bias = |g: usize| &w.bias[g * MR..];
+                let epilogue = |g: usize| last.then_some((bias(g), relu));
                 // BLIS's loop order: a block of weight panels stays in L2 while each
                 // activation panel (a pair of them for AVX-512), in L1, meets every weight
                 // panel of the block.
                 for gs in task.groups.clone().step_by(GROUP_BLOCK) {
                     let gs = gs..(gs + GROUP_BLOCK).min(task.groups.end);
-                    for j0 in (0..panels).step_by(step) {
-                        let js = j0..(j0 + step).min(panels);
-                        for (j, runs) in js.clone().zip(&mut runs) {
+                    if isa < Isa::Avx512 {
+                        for j in 0..panels {
                             let p0 = task.positions.start + j * NR;
                             let n = NR.min(task.positions.end - p0);
-                            runs.1 = output_runs(geo, rows, p0, n, &mut runs.0);
-                        }
-                        let panel = |j: usize| &packed[j * ks.len() * NR..][..ks.len() * NR];
-                        let tile = |g: usize, slot: usize| {
-                            let (j, (runs, count)) = (j0 + slot, &runs[slot]);
-                            if staged {
-                                let at = (g - task.groups.start) * MR * width + j * NR;
-                                Tile {
-                                    // SAFETY: inside `staging` (sized above).
-                                    c: unsafe { staging_ptr.add(at) },
-                                    ldc: width,
-                                    rows: MR,
-                                    runs: &[(0, 0, NR)],
-                                    half: false,
-                                }
-                            } else {
-                                let runs = &runs[..*count];
-                                Tile {
-                                    // SAFETY: channel `g * MR` of the image, in bounds.
-                                    c: unsafe { out.0.add((task.image * w.m + g * MR) * p) },
-                                    ldc: p,
-                                    rows: MR.min(w.m - g * MR),
-                                    runs,
-                                    // Only the first 8 lanes are stored.
-                                    half: runs.iter().all(|&(j, _, l)| j + l <= NR / 2),
-                                }
-                            }
-                        };
-                        // Both panels' tiles of group `g`, when there are two and both are
-                        // full.
-                        let full = |g: usize| match js.len() {
-                            2 => Some([tile(g, 0).full()?, tile(g, 1).full()?]),
-                            _ => None,
-                        };
-                        let bias = |g: usize, groups: usize| &w.bias[g * MR..][..groups * MR];
-                        let ldc = if staged { width } else { p };
-                        let mut g = gs.start;
-                        // SAFETY (every kernel call): the caller's contract on `out`; the tiles
-                        // lie inside it (or inside `staging`, sized for the task above).
-                        while g < gs.end {
-                            let (depth, load) = (ks.len(), !first);
-                            // AVX-512: two groups' full tiles over both panels where the next
-                            // group's are full too (group `g + 1`'s rows follow group `g`'s),
-                            // else one group's.
-                            if let Some(c) = full(g).filter(|_| isa >= Isa::Avx512) {
-                                let b = [panel(j0), panel(j0 + 1)];
-                                if g + 1 < gs.end && full(g + 1).is_some() {
-                                    let a = [w.panel(g, ks), w.panel(g + 1, ks)];
-                                    let epilogue = last.then_some((bias(g, 2), relu));
-                                    unsafe { wide::<2>(depth, a, b, c, ldc, load, epilogue) };
-                                    g += 2;
-                                } else {
-                                    let a = [w.panel(g, ks)];
-                                    let epilogue = last.then_some((bias(g, 1), relu));
-                                    unsafe { wide::<1>(depth, a, b, c, ldc, load, epilogue) };
-                                    g += 1;
-                                }
-                                continue;
-                            }
-                            let epilogue = last.then_some((bias(g, 1), relu));
-                            let a = w.panel(g, ks);
-                            for (slot, j) in js.clone().enumerate() {
-                                unsafe {
-                                    tile(g, slot).run(depth, a, panel(j), load, epilogue, isa)
+                            let count = match staged {
+                                true => 0,
+                                false => output_runs(geo, rows, p0, n, &mut runs),
+                            };
+                            for g in gs.clone() {
+                                let tile = match staged {
+                                    true => Tile {
+                                        c: at(g, j * NR),
+                                        ldc,
+                                        rows: MR,
+                                        runs: &[(0, 0, NR)],
+                                        half: false,
+                                    },
+                                    false => Tile {
+                                        c: at(g, 0),
+                                        ldc,
+                                        rows: MR.min(real(g)),
+                                        runs: &runs[..count],
+                                        // Only the first 8 lanes are stored.
+                                        half: runs[..count]
+                                            .iter()
+                                            .all(|&(j, _, l)| j + l <= NR / 2),
+                                    },
                                 };
+                                let a = w.panel(g, ks);
+                                // SAFETY: the caller's contract on `out`; the tile lies inside
+                                // it (or inside `staging`, sized for the task above).
+                                unsafe { tile.run(depth, a, panel(j), load, epilogue(g), isa) };
                             }
-                            g += 1;
+                        }
+                        continue;
+                    }
+                    // AVX-512: whole panels two at a time with two groups, a last whole one
+                    // with up to four (24 accumulators either way: see [`Unit::run`]); panels
+                    // stored in pieces through a tile on the stack; dropped ones not at all.
+                    // Before, all but paired whole panels of whole groups ran on the AVX2
+                    // kernel: every conv's last group (64 = 10 x 6 + 4 channels), 14x14 and
+                    // 7x7 maps' last panels, Winograd's 16-tile products on 7x7 maps.
+                    for pair in whole.chunks(2) {
+                        let limit = [4, 2][pair.len() - 1];
+                        for g in gs.clone().step_by(limit) {
+                            let groups = limit.min(gs.end - g);
+                            let unit = Unit {
+                                depth,
+                                a: w.panel(g, ks).as_ptr(),
+                                lda: depth * MR,
+                                ldc,
+                                rows: real(g).min(groups * MR),
+                                load,
+                                epilogue: epilogue(g),
+                            };
+                            // SAFETY: as above; the tiles of `groups` groups from `g` at each
+                            // panel's outputs, `rows` of them real.
+                            unsafe {
+                                match *pair {
+                                    [(j, s), (k, t)] => unit.pair(
+                                        groups,
+                                        [panel(j).as_ptr(), panel(k).as_ptr()],
+                                        [at(g, s), at(g, t)],
+                                    ),
+                                    [(j, s)] => unit.single(groups, panel(j).as_ptr(), at(g, s)),
+                                    _ => {}
+                                }
+                            }
+                        }
+                    }
+                    for (j, _) in kinds
+                        .iter()
+                        .enumerate()
+                        .filter(|(_, k)| **k == Panel::Pieces)
+                    {
+                        let p0 = task.positions.start + j * NR;
+                        let count =
+                            output_runs(geo, rows, p0, NR.min(task.positions.end - p0), &mut runs);
+                        for g in gs.clone().step_by(4) {
+                            let groups = 4.min(gs.end - g);
+                            let rows = real(g).min(groups * MR);
+                            let c = at(g, 0);
+                            let mut tmp = [0f32; 4 * MR * NR];
+                            let stored = tmp.chunks_exact_mut(NR).take(rows).enumerate();
+                            for (r, row) in stored.filter(|_| load) {
+                                for &(o, start, len) in &runs[..count] {
+                                    // SAFETY: inside the tile (the caller's contract).
+                                    unsafe {
+                                        let src = c.add(r * ldc + start);
+                                        std::ptr::copy_nonoverlapping(
+                                            src,
+                                            row[o..].as_mut_ptr(),
+                                            len,
+                                        );
+                                    }
+                                }
+                            }
+                            let unit = Unit {
+                                depth,
+                                a: w.panel(g, ks).as_ptr(),
+                                lda: depth * MR,
+                                ldc: NR,
+                                rows: groups * MR,
+                                load,
+                                epilogue: epilogue(g),
+                            };
+                            // SAFETY: `tmp` holds `groups` groups' rows of `NR`.
+                            unsafe { unit.single(groups, panel(j).as_ptr(), tmp.as_mut_ptr()) };
+                            for (r, row) in tmp.chunks_exact(NR).take(rows).enumerate() {
+                                for &(o, start, len) in &runs[..count] {
+                                    // SAFETY: inside the tile (the caller's contract).
+                                    unsafe {
+                                        let dst = c.add(r * ldc + start);
+                                        std::ptr::copy_nonoverlapping(row[o..].as_ptr(), dst, len);
+                                    }
+                                }
+                            }
                         }
                     }
                 }
@@ -278,10 +362,9 @@ pub unsafe fn run_task(
                     let from = &staging[(g - task.groups.start) * MR * width..];
                     for (j, p0) in task.positions.clone().step_by(NR).enumerate() {
                         let n = NR.min(task.positions.end - p0);
-                        let (runs, count) = &mut runs[0];
-                        *count = output_runs(geo, rows, p0, n, runs);
+                        let count = output_runs(geo, rows, p0, n, &mut runs);
                         for r in 0..channels {
-                            for &(at, start, len) in &runs[..*count] {
+                            for &(at, start, len) in &runs[..count] {
                                 let src = &from[r * width + j * NR + at..][..len];
                                 let ch = task.image * w.m + g * MR + r;
                                 // SAFETY: channel `ch`, outputs `start..start + len` of this
@@ -434,39 +517,107 @@ unsafe fn microkernel(
     }
 }
 
-/// `G` groups' full tiles (`G * MR` channels, rows `ldc` apart from `c[i]`) over two panels
-/// (`b[i]` into `c[i]`) on the AVX-512 kernel: `G * 12` accumulators of 16 lanes. With
-/// `G = 2`, 24 of the 32 registers: 167 GFLOP/s against 131 for `G = 1` on the README's Xeon
-/// (one core, L1-resident operands), whose two 512-bit FMA ports need at least 8
-/// independent sums in flight.
-///
-/// # Safety
-/// Only from [`Isa::Avx512`] on; each `c[i]` valid for `G * MR` rows of `NR`, `ldc` apart.
-unsafe fn wide<const G: usize>(
+/// How a panel's outputs are stored: whole ([`NR`] consecutive outputs from this one), in
+/// pieces (runs across dropped columns or a task's last positions), or not at all (dropped
+/// columns only: the stem's planes are 128 wide for 112 outputs).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Panel {
+    Whole(usize),
+    Pieces,
+    Dropped,
+}
+
+/// One AVX-512 call's operands but the panels: `G` groups' weight panels from `a`, `lda`
+/// apart; their output rows `ldc` apart, of which the first `rows` are stored (a last group
+/// of 4 of 64 channels runs on the same registers as whole ones).
+struct Unit<'a> {
     depth: usize,
-    a: [&[f32]; G],
-    b: [&[f32]; 2],
-    c: [*mut f32; 2],
+    a: *const f32,
+    lda: usize,
     ldc: usize,
+    rows: usize,
     load: bool,
-    epilogue: Option<(&[f32], bool)>,
-) {
-    debug_assert!(a.iter().all(|a| a.len() >= depth * MR));
-    debug_assert!(b.iter().all(|b| b.len() >= depth * NR));
-    debug_assert!(epilogue.is_none_or(|(bias, _)| bias.len() >= G * MR));
-    #[cfg(target_arch = "x86_64")]
-    // SAFETY: the caller's contract.
-    unsafe {
-        let (a, b) = (a.map(|a| a.as_ptr()), b.map(|b| b.as_ptr()));
-        avx512::wide::<G>(depth, a, b, c, ldc, load, epilogue)
-    };
-    #[cfg(not(target_arch = "x86_64"))]
-    for (h, a) in a.into_iter().enumerate() {
-        let epilogue = epilogue.map(|(bias, relu)| (&bias[h * MR..], relu));
+    epilogue: Option<(&'a [f32], bool)>,
+}
+
+impl Unit<'_> {
+    /// `groups` (1-2) groups over two panels.
+    ///
+    /// # Safety
+    /// See [`Unit::run`].
+    unsafe fn pair(&self, groups: usize, b: [*const f32; 2], c: [*mut f32; 2]) {
+        // SAFETY: the caller's.
+        unsafe {
+            match groups {
+                1 => self.run::<2, 1>(b, c),
+                _ => self.run::<2, 2>(b, c),
+            }
+        }
+    }
+
+    /// `groups` (1-4) groups over one panel.
+    ///
+    /// # Safety
+    /// See [`Unit::run`].
+    unsafe fn single(&self, groups: usize, b: *const f32, c: *mut f32) {
+        // SAFETY: the caller's.
+        unsafe {
+            match groups {
+                1 => self.run::<1, 1>([b], [c]),
+                2 => self.run::<1, 2>([b], [c]),
+                3 => self.run::<1, 3>([b], [c]),
+                _ => self.run::<1, 4>([b], [c]),
+            }
+        }
+    }
+
+    /// `G` groups (`G * MR` channels) over `V` panels, `b[i]` into `c[i]`: `G * V * MR`
+    /// accumulators of 16 lanes. Two groups over two panels (24 of the 32 registers): 167
+    /// GFLOP/s against 131 for one group on the README's Xeon (one core, L1-resident
+    /// operands), whose two 512-bit FMA ports need at least 8 independent sums in flight;
+    /// four groups over one panel also keep 24.
+    ///
+    /// # Safety
+    /// Only from [`Isa::Avx512`] on; `a` holds `G` panels of `depth * MR`, `lda` apart, each
+    /// `b[i]` `depth * NR` values; each `c[i]` is valid for `rows` rows of `NR`, `ldc` apart.
+    unsafe fn run<const V: usize, const G: usize>(&self, b: [*const f32; V], c: [*mut f32; V]) {
+        let Unit {
+            depth,
+            a,
+            lda,
+            ldc,
+            rows,
+            load,
+            epilogue,
+        } = *self;
+        debug_assert!(epilogue.is_none_or(|(bias, _)| bias.len() >= G * MR));
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: the caller's contract.
+        unsafe {
+            avx512::wide::<V, G>(depth, a, lda, b, c, ldc, rows, load, epilogue)
+        };
+        // Never reached (no AVX-512 here); the definition, for completeness.
+        #[cfg(not(target_arch = "x86_64"))]
         for (b, c) in b.into_iter().zip(c) {
-            // SAFETY: the caller's contract (never reached: no AVX-512 here).
-            let c = unsafe { c.add(h * MR * ldc) };
-            unsafe { microkernel(depth, a, b, c, ldc, load, epilogue, false, Isa::Portable) };
+            for row in 0..rows.min(G * MR) {
+                let (h, r) = (row / MR, row % MR);
+                for i in 0..NR {
+                    // SAFETY: the caller's contract.
+                    unsafe {
+                        let mut sum = if load { *c.add(row * ldc + i) } else { 0.0 };
+                        for kk in 0..depth {
+                            sum = (*a.add(h * lda + kk * MR + r)).mul_add(*b.add(kk * NR + i), sum);
+                        }
+                        if let Some((bias, relu)) = epilogue {
+                            sum += bias[row];
+                            if relu {
+                                sum = sum.max(0.0);
+                            }
+                        }
+                        *c.add(row * ldc + i) = sum;
+                    }
+                }
+            }
         }
     }
 }
@@ -476,36 +627,42 @@ mod avx512 {
     use super::{MR, NR};
     use std::arch::x86_64::*;
 
-    /// See [`super::wide`]: `c (+)= a . b` with FMA, then bias and ReLU.
+    /// See [`super::Unit::run`]: `c (+)= a . b` with FMA, then bias and ReLU; rows from
+    /// `rows` on are neither read nor written.
     ///
     /// # Safety
-    /// AVX-512F present; each `a[h]` holds `depth * MR` values, each `b[i]` `depth * NR`;
-    /// each `c[i]` is valid for `G * MR` rows of `NR` values, `ldc` apart.
+    /// AVX-512F present; `a` holds `G` panels of `depth * MR` values, `lda` apart, each `b[i]`
+    /// `depth * NR`; each `c[i]` is valid for `rows` rows of `NR` values, `ldc` apart.
+    #[allow(clippy::too_many_arguments)]
     #[target_feature(enable = "avx512f")]
-    pub unsafe fn wide<const G: usize>(
+    pub unsafe fn wide<const V: usize, const G: usize>(
         depth: usize,
-        a: [*const f32; G],
-        b: [*const f32; 2],
-        c: [*mut f32; 2],
+        a: *const f32,
+        lda: usize,
+        b: [*const f32; V],
+        c: [*mut f32; V],
         ldc: usize,
+        rows: usize,
         load: bool,
         epilogue: Option<(&[f32], bool)>,
     ) {
-        let mut acc = [[[_mm512_setzero_ps(); 2]; MR]; G];
-        let row = |h: usize, r: usize| (h * MR + r) * ldc;
+        let mut acc = [[[_mm512_setzero_ps(); V]; MR]; G];
+        let row = |h: usize, r: usize| h * MR + r;
         if load {
             for (h, group) in acc.iter_mut().enumerate() {
                 for (r, lanes) in group.iter_mut().enumerate() {
-                    for (lane, c) in lanes.iter_mut().zip(c) {
-                        *lane = _mm512_loadu_ps(c.add(row(h, r)));
+                    if row(h, r) < rows {
+                        for (lane, c) in lanes.iter_mut().zip(c) {
+                            *lane = _mm512_loadu_ps(c.add(row(h, r) * ldc));
+                        }
                     }
                 }
             }
         }
         for kk in 0..depth {
             let bv = b.map(|b| _mm512_loadu_ps(b.add(kk * NR)));
-            for (group, a) in acc.iter_mut().zip(a) {
-                let ak = a.add(kk * MR);
+            for (h, group) in acc.iter_mut().enumerate() {
+                let ak = a.add(h * lda + kk * MR);
                 for (r, lanes) in group.iter_mut().enumerate() {
                     let av = _mm512_set1_ps(*ak.add(r));
                     for (lane, &bl) in lanes.iter_mut().zip(&bv) {
@@ -518,7 +675,7 @@ mod avx512 {
             let zero = _mm512_setzero_ps();
             for (h, group) in acc.iter_mut().enumerate() {
                 for (r, lanes) in group.iter_mut().enumerate() {
-                    let bv = _mm512_set1_ps(bias[h * MR + r]);
+                    let bv = _mm512_set1_ps(bias[row(h, r)]);
                     for lane in lanes.iter_mut() {
                         *lane = _mm512_add_ps(*lane, bv);
                         if relu {
@@ -530,8 +687,10 @@ mod avx512 {
         }
         for (h, group) in acc.iter().enumerate() {
             for (r, lanes) in group.iter().enumerate() {
-                for (&lane, c) in lanes.iter().zip(c) {
-                    _mm512_storeu_ps(c.add(row(h, r)), lane);
+                if row(h, r) < rows {
+                    for (&lane, c) in lanes.iter().zip(c) {
+                        _mm512_storeu_ps(c.add(row(h, r) * ldc), lane);
+                    }
                 }
             }
         }

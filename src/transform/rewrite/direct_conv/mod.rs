@@ -481,9 +481,10 @@ mod tests {
         check(&[24, 11, 10], 16, 3, 2, true, true);
     }
 
-    /// The scalar microkernel, the AVX2 one and a direct sum agree on every tile shape the
-    /// tasks produce (full, partial channels, partial and half-width positions, tiles across
-    /// dropped columns), over several depth blocks.
+    /// The scalar microkernel, the AVX2 and AVX-512 ones and a direct sum agree on every tile
+    /// shape the tasks produce (full, partial channels, partial and half-width positions,
+    /// tiles across dropped columns, panels of dropped columns only), over several depth
+    /// blocks.
     #[test]
     fn kernels_agree_with_a_direct_sum() {
         for (c, h, w, m, kk, s, pad) in [
@@ -494,6 +495,12 @@ mod tests {
             (3, 19, 17, 8, 7, 2, 3),
             // Planes a whole number of blocks wide (32 for 24 outputs), over two depth blocks.
             (40, 3, 24, 7, 3, 1, 1),
+            // One panel for five groups (four, then one of a single channel); two panels for
+            // two whole groups, then one of four channels.
+            (5, 4, 4, 25, 1, 1, 0),
+            (12, 4, 8, 16, 1, 1, 0),
+            // A stem-like 7x7/2 whose planes are 48 wide for 32 outputs: a dropped panel a row.
+            (3, 9, 64, 8, 7, 2, 3),
         ] {
             let out = |n: usize| (n + 2 * pad - kk) / s + 1;
             let geo = Geometry {
