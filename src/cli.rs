@@ -83,7 +83,8 @@ pub struct ModelArgs {
     #[arg(long)]
     pub no_fold_batchnorm: bool,
     /// Switch speed rewrites off to measure them: `winograd`, `residual-add`, `direct-conv`,
-    /// `int8-conv`, `int8-residual`, `int8-quantize`, `max-pool` (comma-separated) or `all`.
+    /// `conv-residual`, `int8-conv`, `int8-residual`, `int8-quantize`, `max-pool`
+    /// (comma-separated) or `all`.
     /// RESNET_EDGE_NO_REWRITE does the same.
     #[arg(long = "no-rewrite", value_name = "NAMES", default_value = "", hide_default_value = true, value_parser = parse_no_rewrite)]
     pub rewrites: Rewrites,
@@ -488,7 +489,8 @@ pub struct MeasureArgs {
     #[arg(long)]
     pub no_fold_batchnorm: bool,
     /// Switch speed rewrites off to measure them: `winograd`, `residual-add`, `direct-conv`,
-    /// `int8-conv`, `int8-residual`, `int8-quantize`, `max-pool` (comma-separated) or `all`.
+    /// `conv-residual`, `int8-conv`, `int8-residual`, `int8-quantize`, `max-pool`
+    /// (comma-separated) or `all`.
     /// RESNET_EDGE_NO_REWRITE does the same.
     #[arg(long = "no-rewrite", value_name = "NAMES", default_value = "", hide_default_value = true, value_parser = parse_no_rewrite)]
     pub rewrites: Rewrites,

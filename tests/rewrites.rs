@@ -41,7 +41,14 @@ fn each_rewrite_off_still_matches_pytorch() {
     for depth in [18, 50] {
         let model = format!("models/fixtures/resnet{depth}/legacy.onnx");
         let logits = fixtures().join(format!("resnet{depth}/logits.json"));
-        for off in ["winograd", "residual-add", "direct-conv", "max-pool", "all"] {
+        for off in [
+            "winograd",
+            "residual-add",
+            "direct-conv",
+            "conv-residual",
+            "max-pool",
+            "all",
+        ] {
             check_against_pytorch(&model, &logits, &["--no-rewrite", off]);
         }
         // Where the CPU has AVX-512 the convs run its kernel; this runs them on AVX2's.
@@ -54,8 +61,10 @@ fn rewrites_fire_on_the_fixtures_and_keep_the_network_figures() {
     // 224x224 input: every stride-1 3x3 conv (13 in both), F(4x4,3x3) down to 14x14 maps and
     // F(2x2,3x3) at 7x7; a residual add per block (8 and 16); the stem's max-pool; on AVX2 +
     // FMA every other conv on our kernel (ResNet-18: the stem, three stride-2 3x3s, three
-    // projection shortcuts; ResNet-50: 53 convs less the 13 Winograd ones).
-    for (depth, winograd, residual, direct) in [(18, 13, 8, 7), (50, 13, 16, 40)] {
+    // projection shortcuts; ResNet-50: 53 convs less the 13 Winograd ones), and the adds
+    // after one of them folded into it (ResNet-18's three after a projection shortcut, every
+    // one of ResNet-50's, after a 1x1 conv3).
+    for (depth, winograd, residual, direct, folded) in [(18, 13, 8, 7, 3), (50, 13, 16, 40, 16)] {
         let model = format!("models/fixtures/resnet{depth}/model.safetensors");
         let on = run_json(&["info", &model, "--format", "json"]);
         let off = run_json(&["info", &model, "--format", "json", "--no-rewrite", "all"]);
@@ -71,16 +80,25 @@ fn rewrites_fire_on_the_fixtures_and_keep_the_network_figures() {
         );
         assert!(applied(&off).is_empty());
         let ops = on["ops"].as_object().unwrap();
+        let mut adds = residual;
         if direct_conv_fires() {
             assert!(
-                counts.contains(&("direct-conv".into(), direct)) && ops.contains_key("DirectConv"),
+                counts.contains(&("direct-conv".into(), direct))
+                    && counts.contains(&("conv-residual".into(), folded))
+                    && ops.contains_key("DirectConv"),
                 "resnet{depth}: {counts:?}"
             );
+            adds -= folded;
         }
+        assert_eq!(
+            ops.get("ResidualAddRelu")
+                .and_then(|n| n.as_u64())
+                .unwrap_or(0),
+            adds,
+            "resnet{depth}: {ops:?}"
+        );
         assert!(
-            ops.contains_key("WinogradInput")
-                && ops.contains_key("ResidualAddRelu")
-                && ops.contains_key("MaxPool2d"),
+            ops.contains_key("WinogradInput") && ops.contains_key("MaxPool2d"),
             "{ops:?}"
         );
         assert_eq!(on["parameters"], off["parameters"], "resnet{depth}");
@@ -155,7 +173,10 @@ fn environment_variable_switches_rewrites_off() {
     let info: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let names: Vec<_> = applied(&info).into_iter().map(|(n, _)| n).collect();
     if direct_conv_fires() {
-        assert_eq!(names, ["residual-add", "direct-conv", "max-pool"]);
+        assert_eq!(
+            names,
+            ["residual-add", "direct-conv", "conv-residual", "max-pool"]
+        );
     } else {
         assert_eq!(names, ["residual-add", "max-pool"]);
     }

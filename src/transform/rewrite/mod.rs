@@ -8,6 +8,7 @@
 //! test suite runs with rewrites on and off).
 
 pub mod aligned;
+pub mod conv_residual;
 pub mod direct_conv;
 pub mod int8_conv;
 pub mod int8_quantize;
@@ -51,15 +52,20 @@ pub enum Rewrite {
     /// The f32 convolutions `winograd` leaves (1x1, strided, the stem), with their bias and
     /// ReLU, on our GEMM kernel ([`direct_conv`]).
     DirectConv,
+    /// A `residual-add` folded into the `direct-conv` conv before it, which adds its sums to
+    /// the shortcut ([`conv_residual`]).
+    ConvResidual,
 }
 
 impl Rewrite {
-    /// In the order they run: `int8-quantize` after `int8-residual`, which takes the
-    /// quantisations that end a join.
-    pub const ALL: [Rewrite; 7] = [
+    /// In the order they run: `conv-residual` after `residual-add` and `direct-conv`, whose
+    /// ops it joins; `int8-quantize` after `int8-residual`, which takes the quantisations
+    /// that end a join.
+    pub const ALL: [Rewrite; 8] = [
         Rewrite::Winograd,
         Rewrite::ResidualAdd,
         Rewrite::DirectConv,
+        Rewrite::ConvResidual,
         Rewrite::Int8Conv,
         Rewrite::Int8Residual,
         Rewrite::Int8Quantize,
@@ -75,6 +81,7 @@ impl Rewrite {
             Rewrite::Int8Quantize => "int8-quantize",
             Rewrite::MaxPool => "max-pool",
             Rewrite::DirectConv => "direct-conv",
+            Rewrite::ConvResidual => "conv-residual",
         }
     }
 
@@ -88,6 +95,7 @@ impl Rewrite {
             Rewrite::Int8Quantize => int8_quantize::rewrite(model, node),
             Rewrite::MaxPool => max_pool::rewrite(model, node),
             Rewrite::DirectConv => direct_conv::rewrite(model, node),
+            Rewrite::ConvResidual => conv_residual::rewrite(model, node),
         }
     }
 }
@@ -426,7 +434,7 @@ mod tests {
         assert_eq!(all.without("all").unwrap(), Rewrites::none());
         assert_eq!(
             all.without(
-                " residual-add , winograd,int8-conv,int8-residual, max-pool,direct-conv,int8-quantize"
+                " residual-add , winograd,int8-conv,int8-residual, max-pool,direct-conv,int8-quantize,conv-residual"
             )
             .unwrap(),
             Rewrites::none()

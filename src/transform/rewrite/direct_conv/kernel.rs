@@ -143,6 +143,14 @@ fn pack(starts: &[usize], x: &[f32], ps: &Range<usize>, ks: &Range<usize>, out: 
     }
 }
 
+/// What a task does with its sums after the bias: add them to what `out` holds (a block's
+/// shortcut, put there by the caller), then ReLU.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Finish {
+    pub accumulate: bool,
+    pub relu: bool,
+}
+
 /// Run one task: pack each depth block of its positions, then every channel group x
 /// position panel through the microkernel, accumulating in `out` across depth blocks.
 ///
@@ -158,7 +166,7 @@ pub unsafe fn run_task(
     x: &[f32],
     out: OutPtr,
     task: &Task,
-    relu: bool,
+    finish: Finish,
     isa: Isa,
 ) {
     let p = geo.positions();
@@ -226,9 +234,13 @@ pub unsafe fn run_task(
                 let packed = scratch.zeroed_to(width * ks.len());
                 pack(starts, x, &task.positions, ks, packed);
                 let (first, last) = (b == 0, b + 1 == blocks.len());
-                let (depth, load) = (ks.len(), !first);
+                // The staging copy starts from zero, the outputs from the shortcut when
+                // accumulating (added at the scatter below).
+                let (depth, load) = (ks.len(), !first || (finish.accumulate && !staged));
                 let panel = |j: usize| &packed[j * depth * NR..][..depth * NR];
                 let bias = |g: usize| &w.bias[g * MR..];
+                // A staged shortcut is added at the scatter, and the ReLU after it.
+                let relu = finish.relu && !(staged && finish.accumulate);
                 let epilogue = |g: usize| last.then_some((bias(g), relu));
                 // BLIS's loop order: a block of weight panels stays in L2 while each
                 // activation panel (a pair of them for AVX-512), in L1, meets every weight
@@ -369,9 +381,19 @@ pub unsafe fn run_task(
                                 let ch = task.image * w.m + g * MR + r;
                                 // SAFETY: channel `ch`, outputs `start..start + len` of this
                                 // task (caller's contract).
-                                unsafe {
-                                    let dst = out.0.add(ch * p + start);
-                                    std::ptr::copy_nonoverlapping(src.as_ptr(), dst, len);
+                                let dst = unsafe { out.0.add(ch * p + start) };
+                                if !finish.accumulate {
+                                    unsafe {
+                                        std::ptr::copy_nonoverlapping(src.as_ptr(), dst, len)
+                                    };
+                                    continue;
+                                }
+                                let dst = unsafe { std::slice::from_raw_parts_mut(dst, len) };
+                                for (d, s) in dst.iter_mut().zip(src) {
+                                    *d += s;
+                                    if finish.relu {
+                                        *d = d.max(0.0);
+                                    }
                                 }
                             }
                         }

@@ -35,6 +35,9 @@ pub struct DirectConv {
     pub geometry: Geometry,
     pub weights: Arc<Weights>,
     pub relu: bool,
+    /// Whether the sums are added to a second input of the output's shape (a block's
+    /// shortcut; see [`super::conv_residual`]), whose buffer the op then writes.
+    pub accumulate: bool,
     /// The input shape the op reads and the output shape it writes (NCHW, CHW, or what tract's
     /// declutter left: the `EinSum`'s output, with or without its unit batch axis).
     pub input_shape: TVec<usize>,
@@ -45,6 +48,7 @@ impl PartialEq for DirectConv {
     fn eq(&self, other: &Self) -> bool {
         Arc::ptr_eq(&self.weights, &other.weights)
             && self.relu == other.relu
+            && self.accumulate == other.accumulate
             && self.input_shape == other.input_shape
     }
 }
@@ -72,12 +76,13 @@ impl Op for DirectConv {
     fn info(&self) -> TractResult<Vec<String>> {
         let g = &self.geometry;
         Ok(vec![format!(
-            "{}x{} stride {:?}, {} -> {} channels{}",
+            "{}x{} stride {:?}, {} -> {} channels{}{}",
             g.kernel.0,
             g.kernel.1,
             g.stride,
             g.chw.0,
             self.weights.m,
+            if self.accumulate { ", + shortcut" } else { "" },
             if self.relu { ", ReLU" } else { "" }
         )])
     }
@@ -88,8 +93,12 @@ impl Op for DirectConv {
 impl EvalOp for DirectConv {
     op_out_of_plan!();
 
-    fn eval(&self, _ctx: &EvalContext, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
-        ensure!(inputs.len() == 1);
+    fn eval(&self, _ctx: &EvalContext, mut inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
+        ensure!(inputs.len() == 1 + self.accumulate as usize);
+        let shortcut = match self.accumulate {
+            true => inputs.pop(),
+            false => None,
+        };
         let x = &inputs[0];
         ensure!(
             *x.shape() == *self.input_shape,
@@ -101,9 +110,21 @@ impl EvalOp for DirectConv {
         let x = x.as_slice::<f32>()?;
         let g = &self.geometry;
         let images = x.len() / g.input_len().max(1);
-        // SAFETY: f32 has no invalid bit patterns, and the tasks write every element (each
-        // channel x output position once, the first depth block without reading it).
-        let mut out = unsafe { Tensor::uninitialized::<f32>(&self.output_shape)? };
+        let mut out = match shortcut {
+            // Copied only if the plan still holds it elsewhere.
+            Some(shortcut) => {
+                ensure!(
+                    *shortcut.shape() == *self.output_shape,
+                    "DirectConv built for a shortcut of {:?}, given {:?}",
+                    self.output_shape,
+                    shortcut.shape()
+                );
+                shortcut.into_tensor()
+            }
+            // SAFETY: f32 has no invalid bit patterns, and the tasks write every element (each
+            // channel x output position once, the first depth block without reading it).
+            None => unsafe { Tensor::uninitialized::<f32>(&self.output_shape)? },
+        };
         {
             let mut view = out.try_as_plain_ram_mut()?;
             let out = view.as_slice_mut::<f32>()?;
@@ -112,6 +133,10 @@ impl EvalOp for DirectConv {
             let ptr = OutPtr(out.as_mut_ptr());
             let tasks = kernel::tasks(g, self.weights.m, images, tract_threads());
             let isa = kernel::Isa::detect();
+            let finish = kernel::Finish {
+                accumulate: self.accumulate,
+                relu: self.relu,
+            };
             let x = &*prepare(g, x, 0.0);
             let starts = &g.row_starts();
             on_tract_threads_in_runs(tasks, |run| {
@@ -119,7 +144,7 @@ impl EvalOp for DirectConv {
                     // SAFETY: `out` holds every image's channels x positions and outlives the
                     // scope; tasks cover disjoint channels x positions; `x` holds every image.
                     unsafe {
-                        kernel::run_task(g, starts, &self.weights, x, ptr, &task, self.relu, isa)
+                        kernel::run_task(g, starts, &self.weights, x, ptr, &task, finish, isa)
                     };
                 }
             });
@@ -130,7 +155,8 @@ impl EvalOp for DirectConv {
 
 impl TypedOp for DirectConv {
     fn output_facts(&self, inputs: &[&TypedFact]) -> TractResult<TVec<TypedFact>> {
-        ensure!(inputs.len() == 1 && inputs[0].datum_type == f32::datum_type());
+        ensure!(inputs.len() == 1 + self.accumulate as usize);
+        ensure!(inputs.iter().all(|i| i.datum_type == f32::datum_type()));
         Ok(tvec!(f32::fact(self.output_shape.clone())))
     }
 
@@ -336,6 +362,7 @@ pub fn rewrite(model: &TypedModel, node: &TypedNode) -> TractResult<Option<Typed
             geometry,
             weights: Arc::new(packed),
             relu: relu.is_some(),
+            accumulate: false,
             input_shape,
             output_shape,
         },
@@ -347,7 +374,7 @@ pub fn rewrite(model: &TypedModel, node: &TypedNode) -> TractResult<Option<Typed
 
 #[cfg(test)]
 mod tests {
-    use super::kernel::{run_task, tasks, Task, MR};
+    use super::kernel::{run_task, tasks, Finish, Task, MR};
     use super::*;
     use crate::transform::rewrite::phase_planes::NR;
     use crate::transform::rewrite::test_values;
@@ -534,17 +561,27 @@ mod tests {
                             }
                         }
                     }
-                    expected[o * p + q] = (sum as f32 + bias[o]).max(0.0);
+                    expected[o * p + q] = sum as f32 + bias[o];
                 }
             }
             let xp = prepare(&geo, &x, 0.0);
             // One thread's tasks hold every channel group (AVX-512 pairs the groups), three
             // threads' split them.
+            // With and without a shortcut to add before the ReLU.
+            let shortcut = test_values(m * p, 9);
             let runs = kernel::Isa::available()
                 .into_iter()
-                .flat_map(|i| [(i, 1), (i, 3)]);
-            for (isa, threads) in runs {
-                let mut out = vec![f32::NAN; m * p];
+                .flat_map(|i| [(i, 1), (i, 3)])
+                .flat_map(|(i, t)| [(i, t, false), (i, t, true)]);
+            for (isa, threads, accumulate) in runs {
+                let mut out = match accumulate {
+                    true => shortcut.clone(),
+                    false => vec![f32::NAN; m * p],
+                };
+                let finish = Finish {
+                    accumulate,
+                    relu: true,
+                };
                 for task in tasks(&geo, m, 1, threads) {
                     unsafe {
                         run_task(
@@ -554,15 +591,16 @@ mod tests {
                             &xp,
                             OutPtr(out.as_mut_ptr()),
                             &task,
-                            true,
+                            finish,
                             isa,
                         )
                     };
                 }
                 for (i, (a, b)) in expected.iter().zip(&out).enumerate() {
+                    let a = (a + if accumulate { shortcut[i] } else { 0.0 }).max(0.0);
                     assert!(
                         (a - b).abs() <= 1e-4,
-                        "{geo:?} {isa:?} {threads} threads: {i}: {a} vs {b}"
+                        "{geo:?} {isa:?} {threads} threads, {finish:?}: {i}: {a} vs {b}"
                     );
                 }
             }

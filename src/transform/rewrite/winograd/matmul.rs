@@ -189,7 +189,18 @@ impl WinogradMatMul {
                 for task in &direct.tasks {
                     // SAFETY: `o` holds this position's K x tiles and outlives the call, the
                     // tasks cover it once; `x` is its C x tiles; the kernel was detected.
-                    unsafe { gemm::run_task(geo, starts, w, x, o, task, false, direct.isa) };
+                    unsafe {
+                        gemm::run_task(
+                            geo,
+                            starts,
+                            w,
+                            x,
+                            o,
+                            task,
+                            gemm::Finish::default(),
+                            direct.isa,
+                        )
+                    };
                 }
             }
         }
