@@ -147,31 +147,28 @@ pub fn rewrite(model: &TypedModel, node: &TypedNode) -> TractResult<Option<Typed
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
-    use crate::transform::rewrite::{apply, wire_relu, Rewrite, Rewrites};
+    use crate::transform::rewrite::{apply, test_values, wire_relu, Rewrite, Rewrites};
     use tract_core::ops::cnn::{KernelFormat, PaddingSpec, PoolSpec};
     use tract_core::ops::nn::DataFormat;
 
-    /// `relu(conv1x1(x) + x)`, the shape of a bottleneck block's end.
-    fn block(relu: bool) -> TypedModel {
+    /// `conv_k(x) + x` over `c` channels of an `h x w` map, then a ReLU if `relu`: a block's
+    /// end, the conv padded to keep the map.
+    pub(crate) fn block(c: usize, (h, w): (usize, usize), k: usize, relu: bool) -> TypedModel {
         let mut model = TypedModel::default();
-        let x = model.add_source("x", f32::fact([1, 4, 5, 5])).unwrap();
-        let weights: Vec<f32> = (0..16).map(|i| (i as f32 * 0.37).sin()).collect();
-        let kernel = model
-            .add_const("w", Tensor::from_shape(&[4, 4, 1, 1], &weights).unwrap())
-            .unwrap();
-        let bias = model
-            .add_const("b", tensor1(&[0.1f32, -0.2, 0.3, -0.4]))
-            .unwrap();
+        let x = model.add_source("x", f32::fact([1, c, h, w])).unwrap();
+        let kernel = Tensor::from_shape(&[c, c, k, k], &test_values(c * c * k * k, 3)).unwrap();
+        let kernel = model.add_const("w", kernel).unwrap();
+        let bias = model.add_const("b", tensor1(&test_values(c, 4))).unwrap();
         let pool_spec = PoolSpec {
             data_format: DataFormat::NCHW,
-            kernel_shape: tvec![1, 1],
-            padding: PaddingSpec::Valid,
+            kernel_shape: tvec![k, k],
+            padding: PaddingSpec::SameUpper,
             dilations: None,
             strides: None,
-            input_channels: 4,
-            output_channels: 4,
+            input_channels: c,
+            output_channels: c,
         };
         let conv = Conv::new(pool_spec, KernelFormat::OIHW, 1, None);
         let y = model.wire_node("conv", conv, &[x, kernel, bias]).unwrap()[0];
@@ -185,9 +182,9 @@ mod tests {
         model
     }
 
-    fn run(model: TypedModel) -> Vec<f32> {
-        let input: Vec<f32> = (0..100).map(|i| (i as f32 * 0.71).cos() * 2.0).collect();
-        let input = Tensor::from_shape(&[1, 4, 5, 5], &input).unwrap();
+    /// `model` (a [`block`] of `c` channels over `hw`) on a fixed input.
+    pub(crate) fn run(model: TypedModel, c: usize, (h, w): (usize, usize)) -> Vec<f32> {
+        let input = Tensor::from_shape(&[1, c, h, w], &test_values(c * h * w, 5)).unwrap();
         let out = model
             .into_runnable()
             .unwrap()
@@ -201,7 +198,7 @@ mod tests {
         for relu in [true, false] {
             // Without `conv-residual`, which would fold the op into the conv.
             let rewrites = Rewrites::all().without("conv-residual").unwrap();
-            let (rewritten, report) = apply(block(relu), &rewrites).unwrap();
+            let (rewritten, report) = apply(block(4, (5, 5), 1, relu), &rewrites).unwrap();
             assert_eq!(report.count(Rewrite::ResidualAdd), 1);
             let names: Vec<_> = rewritten.nodes().iter().map(|n| n.op.name()).collect();
             let expected = if relu {
@@ -214,8 +211,8 @@ mod tests {
                 !names.iter().any(|n| n == "Max"),
                 "ReLU left behind: {names:?}"
             );
-            let want = run(block(relu));
-            let got = run(rewritten);
+            let want = run(block(4, (5, 5), 1, relu), 4, (5, 5));
+            let got = run(rewritten, 4, (5, 5));
             assert_eq!(want.len(), got.len());
             for (w, g) in want.iter().zip(&got) {
                 assert!((w - g).abs() < 1e-6, "{w} vs {g}");

@@ -7,7 +7,8 @@
 //! FMA microkernel keeps its 12 accumulators in registers over the block's depth (with
 //! AVX-512, 24 of 16 lanes: two such tiles of two groups, or one of four; see [`Unit`]).
 //!
-//! Bias and ReLU are applied as the last depth block's tile is stored.
+//! Bias and ReLU are applied as the last depth block's tile is stored; a block's shortcut
+//! ([`Finish`]) is where the first depth block's sums start.
 //!
 //! A scalar microkernel with the same layout keeps the code portable and is the unit tests'
 //! cross-check; the rule only fires where the AVX2 + FMA one runs.
