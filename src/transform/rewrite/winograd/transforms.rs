@@ -288,9 +288,15 @@ fn input_plane_generic<V: Variant>(
         }
         phases.padded_row[pad.1..pad.1 + copied].copy_from_slice(&src[..copied]);
         let row = &mut phases.data[r * m * stride..][..m * stride];
-        for (q, phase) in row.chunks_exact_mut(stride).enumerate() {
-            let from = phases.padded_row.iter().skip(q).step_by(m);
-            phase.iter_mut().zip(from).for_each(|(p, v)| *p = *v);
+        match m {
+            2 => deinterleave::<2>(&phases.padded_row, row, stride),
+            4 => deinterleave::<4>(&phases.padded_row, row, stride),
+            _ => {
+                for (q, phase) in row.chunks_exact_mut(stride).enumerate() {
+                    let from = phases.padded_row.iter().skip(q).step_by(m);
+                    phase.iter_mut().zip(from).for_each(|(p, v)| *p = *v);
+                }
+            }
         }
     }
     let data = &phases.data;
@@ -321,6 +327,24 @@ fn input_plane_generic<V: Variant>(
                     store(&mut rows_out[i * a + j][t0..], lanes, live);
                 }
             }
+        }
+    }
+}
+
+/// `dst[q * stride + t] = src[t * M + q]`: a row split into its `M` phases, one loop over
+/// `t` with a constant `M`, which the compiler turns into vector shuffles (`skip(q).step_by(M)`
+/// per phase moved one element at a time).
+#[inline(always)]
+fn deinterleave<const M: usize>(src: &[f32], dst: &mut [f32], stride: usize) {
+    let n = (src.len() / M).min(stride);
+    let mut phases = dst.chunks_exact_mut(stride).map(|p| &mut p[..n]);
+    let mut out: [&mut [f32]; M] = std::array::from_fn(|_| phases.next().unwrap_or_default());
+    if out.iter().any(|o| o.len() != n) {
+        return;
+    }
+    for (t, group) in src.chunks_exact(M).take(n).enumerate() {
+        for (q, phase) in out.iter_mut().enumerate() {
+            phase[t] = group[q];
         }
     }
 }
