@@ -337,23 +337,13 @@ pub unsafe fn run_task(
                             output_runs(geo, rows, p0, NR.min(task.positions.end - p0), &mut runs);
                         for g in gs.clone().step_by(4) {
                             let groups = 4.min(gs.end - g);
-                            let rows = real(g).min(groups * MR);
-                            let c = at(g, 0);
-                            let mut tmp = [0f32; 4 * MR * NR];
-                            let stored = tmp.chunks_exact_mut(NR).take(rows).enumerate();
-                            for (r, row) in stored.filter(|_| load) {
-                                for &(o, start, len) in &runs[..count] {
-                                    // SAFETY: inside the tile (the caller's contract).
-                                    unsafe {
-                                        let src = c.add(r * ldc + start);
-                                        std::ptr::copy_nonoverlapping(
-                                            src,
-                                            row[o..].as_mut_ptr(),
-                                            len,
-                                        );
-                                    }
-                                }
-                            }
+                            let tile = Tile {
+                                c: at(g, 0),
+                                ldc,
+                                rows: real(g).min(groups * MR),
+                                runs: &runs[..count],
+                                half: false,
+                            };
                             let unit = Unit {
                                 depth,
                                 a: w.panel(g, ks).as_ptr(),
@@ -363,17 +353,12 @@ pub unsafe fn run_task(
                                 load,
                                 epilogue: epilogue(g),
                             };
-                            // SAFETY: `tmp` holds `groups` groups' rows of `NR`.
-                            unsafe { unit.single(groups, panel(j).as_ptr(), tmp.as_mut_ptr()) };
-                            for (r, row) in tmp.chunks_exact(NR).take(rows).enumerate() {
-                                for &(o, start, len) in &runs[..count] {
-                                    // SAFETY: inside the tile (the caller's contract).
-                                    unsafe {
-                                        let dst = c.add(r * ldc + start);
-                                        std::ptr::copy_nonoverlapping(row[o..].as_ptr(), dst, len);
-                                    }
-                                }
-                            }
+                            // SAFETY: the tile lies inside `out` (the caller's contract); the
+                            // stack tile holds `groups` groups' rows of `NR`.
+                            unsafe {
+                                let b = panel(j).as_ptr();
+                                tile.through_stack(load, |tmp| unit.single(groups, b, tmp))
+                            };
                         }
                     }
                 }
@@ -455,32 +440,47 @@ impl Tile<'_> {
             unsafe { microkernel(depth, a, b, c, self.ldc, load, epilogue, false, isa) };
             return;
         }
-        let mut tmp = [0f32; MR * NR];
-        if load {
-            for r in 0..self.rows {
-                for &(at, start, len) in self.runs {
-                    for i in 0..len {
-                        // SAFETY: inside the tile (caller).
-                        tmp[r * NR + at + i] = unsafe { *self.c.add(r * self.ldc + start + i) };
-                    }
+        // SAFETY: the tile's elements (caller); the stack tile is a full one, rows NR apart.
+        unsafe {
+            self.through_stack(load, |c| {
+                microkernel(depth, a, b, c, NR, load, epilogue, self.half, isa)
+            })
+        };
+    }
+
+    /// Run `kernel` on a tile of up to [`STACK_ROWS`] rows of [`NR`] on the stack (rows `NR`
+    /// apart), this tile's elements gathered into it first when `load`, scattered back after.
+    ///
+    /// # Safety
+    /// The tile's rows x runs elements must be valid for reads and writes, `rows` at most
+    /// [`STACK_ROWS`].
+    unsafe fn through_stack(&self, load: bool, kernel: impl FnOnce(*mut f32)) {
+        let mut tmp = [0f32; STACK_ROWS * NR];
+        let rows = self.rows.min(STACK_ROWS);
+        for (r, row) in tmp.chunks_exact_mut(NR).take(rows).enumerate() {
+            for &(at, start, len) in self.runs.iter().filter(|_| load) {
+                // SAFETY: inside the tile (caller).
+                unsafe {
+                    let src = self.c.add(r * self.ldc + start);
+                    std::ptr::copy_nonoverlapping(src, row[at..].as_mut_ptr(), len);
                 }
             }
         }
-        // SAFETY: `tmp` is a full tile with rows NR apart.
-        unsafe {
-            let c = tmp.as_mut_ptr();
-            microkernel(depth, a, b, c, NR, load, epilogue, self.half, isa);
-        }
-        for r in 0..self.rows {
+        kernel(tmp.as_mut_ptr());
+        for (r, row) in tmp.chunks_exact(NR).take(rows).enumerate() {
             for &(at, start, len) in self.runs {
-                for i in 0..len {
-                    // SAFETY: inside the tile (caller).
-                    unsafe { *self.c.add(r * self.ldc + start + i) = tmp[r * NR + at + i] };
+                // SAFETY: inside the tile (caller).
+                unsafe {
+                    let dst = self.c.add(r * self.ldc + start);
+                    std::ptr::copy_nonoverlapping(row[at..].as_ptr(), dst, len);
                 }
             }
         }
     }
 }
+
+/// Rows of [`Tile::through_stack`]'s tile: the AVX-512 units' four groups.
+const STACK_ROWS: usize = 4 * MR;
 
 /// Dispatch to the AVX2 microkernel (full or half width) or the scalar one.
 ///
