@@ -4,7 +4,8 @@ per op type, and the slowest nodes, to compare with `resnet-edge profile` layer 
 
     python benches/ort_node_profile.py MODEL THREADS RUNS [TOP]
 
-Needs numpy and onnxruntime. The input is random, [1, 3, 224, 224] f32.
+Needs numpy and onnxruntime. The input is random f32 of the model's input shape (batch 1,
+224 for any size left open).
 """
 import collections
 import json
@@ -19,7 +20,9 @@ o = ort.SessionOptions()
 o.intra_op_num_threads, o.inter_op_num_threads, o.enable_profiling = t, 1, True
 s = ort.InferenceSession(m, o, providers=["CPUExecutionProvider"])
 i = s.get_inputs()[0]
-x = np.random.rand(1, 3, 224, 224).astype(np.float32)
+shape = [d if isinstance(d, int) else 224 for d in i.shape]
+shape[0] = 1
+x = np.random.rand(*shape).astype(np.float32)
 for _ in range(runs):
     s.run(None, {i.name: x})
 path = s.end_profiling()

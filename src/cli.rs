@@ -12,6 +12,7 @@ use resnet_edge::manifest::OutputKind;
 use resnet_edge::model::resnet::ResNetLayout;
 use resnet_edge::model::LoadOptions;
 use resnet_edge::preprocess::{load_image, ChannelOrder, ResizeMode};
+use resnet_edge::profile::Statistic;
 use resnet_edge::transform::rewrite::Rewrites;
 use resnet_edge::{npy, Error, Result};
 
@@ -518,6 +519,10 @@ pub struct ProfileArgs {
     /// Layers listed in the table format (JSON and CSV list them all).
     #[arg(long, default_value_t = 10)]
     pub top: usize,
+    /// Each node's time over the runs: its mean, or its fastest run (steadier on a noisy
+    /// machine; what benches/ort_node_profile.py reports for onnxruntime).
+    #[arg(long, default_value = "mean", value_parser = str::parse::<Statistic>)]
+    pub statistic: Statistic,
 }
 
 fn parse_precision(s: &str) -> std::result::Result<resnet_edge::precision::Precision, String> {
@@ -573,7 +578,7 @@ fn bench(args: BenchArgs) -> Result<()> {
 
 fn profile(args: ProfileArgs) -> Result<()> {
     let m = &args.measure;
-    let report = resnet_edge::profile::profile(&m.model, &m.options())?;
+    let report = resnet_edge::profile::profile(&m.model, &m.options(), args.statistic)?;
     match m.format {
         ReportFormat::Table => print!("{}", report.table(args.top)),
         ReportFormat::Json => println!("{}", to_json(&report)?),

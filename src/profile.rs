@@ -78,9 +78,12 @@ pub struct ProfileReport {
     #[serde(flatten)]
     pub machine: Machine,
     pub runs: usize,
+    /// How node, layer, stage and op times are taken over the runs.
+    pub statistic: Statistic,
     /// Mean wall time of one whole profiled inference.
     pub total_ms: f64,
-    /// Mean of the summed node times; `total_ms` minus this is the plan's own bookkeeping.
+    /// Sum of the node times; with the mean, `total_ms` minus this is the plan's own
+    /// bookkeeping.
     pub nodes_ms: f64,
     /// Stages in network order.
     pub stages: Vec<StageTime>,
@@ -90,8 +93,36 @@ pub struct ProfileReport {
     pub layers: Vec<LayerTime>,
 }
 
+/// What a node's time over the runs is reported as.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Statistic {
+    /// What a run costs on average, noise included.
+    #[default]
+    Mean,
+    /// Each node's fastest run: steadier on a noisy machine, and what
+    /// `benches/ort_node_profile.py` reports for onnxruntime.
+    Min,
+}
+
+impl std::str::FromStr for Statistic {
+    type Err = String;
+
+    fn from_str(s: &str) -> std::result::Result<Statistic, String> {
+        match s.trim() {
+            "mean" => Ok(Statistic::Mean),
+            "min" => Ok(Statistic::Min),
+            other => Err(format!("expected mean or min, got {other:?}")),
+        }
+    }
+}
+
 /// Load `path`, run it once and warm up, then time every node over `num_runs` runs.
-pub fn profile(path: &Path, options: &MeasureOptions) -> Result<ProfileReport> {
+pub fn profile(
+    path: &Path,
+    options: &MeasureOptions,
+    statistic: Statistic,
+) -> Result<ProfileReport> {
     let mut session = Session::open(path, options)?;
     for _ in 0..=options.warmup_runs {
         session.run()?;
@@ -108,6 +139,7 @@ pub fn profile(path: &Path, options: &MeasureOptions) -> Result<ProfileReport> {
         .max_secs
         .and_then(|s| std::time::Duration::try_from_secs_f64(s).ok());
     let mut node_secs = vec![0f64; plan.model().nodes().len()];
+    let mut node_min = vec![f64::INFINITY; node_secs.len()];
     let mut total_secs = 0f64;
     let mut runs = 0;
     let started = Instant::now();
@@ -122,7 +154,9 @@ pub fn profile(path: &Path, options: &MeasureOptions) -> Result<ProfileReport> {
                  inputs: TVec<TValue>| {
                     let t0 = Instant::now();
                     let out = tract_core::plan::eval(ctx, op_state, node, inputs);
-                    node_secs[node.id] += t0.elapsed().as_secs_f64();
+                    let secs = t0.elapsed().as_secs_f64();
+                    node_secs[node.id] += secs;
+                    node_min[node.id] = node_min[node.id].min(secs);
                     out
                 },
             )
@@ -133,7 +167,13 @@ pub fn profile(path: &Path, options: &MeasureOptions) -> Result<ProfileReport> {
             break;
         }
     }
-    let node_ms: Vec<f64> = node_secs.iter().map(|s| s * 1e3 / runs as f64).collect();
+    let node_ms: Vec<f64> = match statistic {
+        Statistic::Mean => node_secs.iter().map(|s| s * 1e3 / runs as f64).collect(),
+        Statistic::Min => node_min
+            .iter()
+            .map(|&s| if s.is_finite() { s * 1e3 } else { 0.0 })
+            .collect(),
+    };
     let breakdown = Breakdown::new(
         loaded,
         plan.model(),
@@ -150,6 +190,7 @@ pub fn profile(path: &Path, options: &MeasureOptions) -> Result<ProfileReport> {
         input_shape: loaded.input_shape.clone(),
         machine: Machine::of(plan),
         runs,
+        statistic,
         total_ms: total_secs * 1e3 / runs as f64,
         nodes_ms: breakdown.nodes_ms,
         stages: breakdown.stages,
@@ -489,8 +530,14 @@ impl ProfileReport {
             self.machine.kernel
         ));
         out.push_str(&format!(
-            "inference {:.2} ms (mean of {} runs; nodes {:.2} ms)\n\n",
-            self.total_ms, self.runs, self.nodes_ms
+            "inference {:.2} ms (mean of {} runs; nodes {:.2} ms, each its {})\n\n",
+            self.total_ms,
+            self.runs,
+            self.nodes_ms,
+            match self.statistic {
+                Statistic::Mean => "mean",
+                Statistic::Min => "fastest run",
+            }
         ));
         out.push_str(&format!(
             "{:<8} {:>9} {:>6} {:>9} {:>8}\n",
