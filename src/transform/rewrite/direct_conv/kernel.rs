@@ -135,20 +135,60 @@ pub struct OutPtr(pub *mut f32);
 unsafe impl Send for OutPtr {}
 unsafe impl Sync for OutPtr {}
 
+impl OutPtr {
+    /// The buffer's `len` elements from `at`, for a closure run on the plan's threads (which
+    /// must capture the whole `OutPtr`, not its raw pointer).
+    ///
+    /// # Safety
+    /// The elements are inside the buffer, and no one else accesses them while the slice
+    /// lives.
+    pub unsafe fn slice<'a>(self, at: usize, len: usize) -> &'a mut [f32] {
+        // SAFETY: the caller's.
+        unsafe { std::slice::from_raw_parts_mut(self.0.add(at), len) }
+    }
+}
+
+/// Rows ahead of the one being packed whose pieces are fetched into L1 meanwhile: each row
+/// is read for only a few cache lines (a chunk's positions) before the next, too short a run
+/// for the hardware prefetcher. ResNet-50's 1x1s: 1-2 ms less in `profile --statistic min`.
+const PREFETCH_ROWS: usize = 2;
+
+/// A hint to bring `v`'s cache line into L1 (nothing where no such hint is wired up).
+#[inline(always)]
+fn prefetch(v: &f32) {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: a hint with no effect on memory; `v` is a valid reference anyway.
+    unsafe {
+        use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
+        _mm_prefetch::<_MM_HINT_T0>((v as *const f32).cast())
+    };
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = v;
+}
+
 /// Pack (virtual) positions `ps` of depth rows `ks` of one image's prepared input `x` into
-/// `out`, zeroed, as panels `[panel][ks.len()][NR]` (zero past the last position).
+/// `out` as panels `[panel][ks.len()][NR]`, every element written (zero past the last
+/// position).
 fn pack(starts: &[usize], x: &[f32], ps: &Range<usize>, ks: &Range<usize>, out: &mut [f32]) {
     let depth = ks.len();
     for (kk, r) in ks.clone().enumerate() {
         // Row `r` of im2col: a slice of the input plane, or of a phase plane at the tap's offset.
-        let Some(row) = starts.get(r).and_then(|&at| x.get(at..)) else {
-            continue;
-        };
+        let row = starts.get(r).and_then(|&at| x.get(at..)).unwrap_or(&[]);
+        if kk + PREFETCH_ROWS < depth {
+            let ahead = starts.get(r + PREFETCH_ROWS).and_then(|&at| x.get(at..));
+            for v in ps.clone().step_by(NR).filter_map(|p0| ahead?.get(p0)) {
+                prefetch(v);
+            }
+        }
         for (j, p0) in ps.clone().step_by(NR).enumerate() {
             let n = NR.min(ps.end - p0).min(row.len().saturating_sub(p0));
+            let to = &mut out[(j * depth + kk) * NR..][..NR];
             // A whole panel row as one fixed-size copy: two vector moves, where a slice copy
             // of a run-time length is a `memcpy` call per 64 bytes.
-            copy_run::<f32, NR>(&mut out[(j * depth + kk) * NR..][..n], &row[p0..p0 + n]);
+            copy_run::<f32, NR>(&mut to[..n], row.get(p0..p0 + n).unwrap_or(&[]));
+            // The columns past the last position are computed and dropped; zeros rather than
+            // whatever the scratch held keep denormals (slow on x86) out of those sums.
+            to[n..].fill(0.0);
         }
     }
 }
@@ -221,7 +261,8 @@ pub unsafe fn run_task(
         STAGING.with(|staging| {
             let (mut scratch, mut staging) = (scratch.borrow_mut(), staging.borrow_mut());
             let staging = match staged {
-                true => staging.zeroed_to(task.groups.len() * MR * width),
+                // Every element is written by the first depth block, which does not load.
+                true => staging.sized_to(task.groups.len() * MR * width),
                 false => &mut [],
             };
             let staging_ptr = staging.as_mut_ptr();
@@ -241,7 +282,8 @@ pub unsafe fn run_task(
             for (b, ks) in blocks.iter().enumerate() {
                 // Aligned: a panel row is one cache line, and neither of its two vector
                 // loads splits one.
-                let packed = scratch.zeroed_to(width * ks.len());
+                // Every element is written by `pack`.
+                let packed = scratch.sized_to(width * ks.len());
                 pack(starts, x, &task.positions, ks, packed);
                 let (first, last) = (b == 0, b + 1 == blocks.len());
                 // The staging copy starts from zero, the outputs from the shortcut when
