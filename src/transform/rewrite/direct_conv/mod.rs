@@ -11,6 +11,7 @@
 //! chunks, keeps weight panels in L2 and applies the epilogue as it stores.
 
 pub mod kernel;
+pub mod lanes;
 
 use tract_core::internal::*;
 use tract_core::ops::binary::TypedBinOp;
@@ -33,7 +34,7 @@ use super::{
 #[derive(Debug, Clone)]
 pub struct DirectConv {
     pub geometry: Geometry,
-    pub weights: Arc<Weights>,
+    pub weights: Arc<Packed>,
     pub relu: bool,
     /// Whether the sums are added to a second input of the output's shape (a block's
     /// shortcut; see [`super::conv_residual`]), whose buffer the op then writes.
@@ -55,16 +56,58 @@ impl PartialEq for DirectConv {
 
 impl Eq for DirectConv {}
 
+thread_local! {
+    /// The activations [`lanes`] runs from, packed per run, reused across runs.
+    static PACKED: std::cell::RefCell<super::aligned::Aligned<f32>> =
+        const { std::cell::RefCell::new(super::aligned::Aligned::new()) };
+}
+
+/// The weights, packed for the kernel that runs the conv.
+#[derive(Debug, PartialEq)]
+pub enum Packed {
+    /// 6-channel panels for [`kernel`]'s 16-position tiles.
+    Panels(Weights),
+    /// 32-channel vectors for [`lanes`] (small maps' 1x1s where AVX-512 runs).
+    Lanes(lanes::Weights),
+}
+
+impl Packed {
+    /// Pack `w` (`[m][k]`) and `bias` for the kernel that runs `geo`; `None` unless the
+    /// sizes agree.
+    pub fn new(geo: &Geometry, w: &[f32], bias: &[f32], m: usize, k: usize) -> Option<Packed> {
+        match lanes::applies(geo) {
+            true => lanes::Weights::new(w, bias, m, k).map(Packed::Lanes),
+            false => Weights::new(w, bias, m, k).map(Packed::Panels),
+        }
+    }
+
+    /// Output channels.
+    pub fn m(&self) -> usize {
+        match self {
+            Packed::Panels(w) => w.m,
+            Packed::Lanes(w) => w.m,
+        }
+    }
+
+    /// Depth: input channels x kernel taps.
+    pub fn k(&self) -> usize {
+        match self {
+            Packed::Panels(w) => w.k,
+            Packed::Lanes(w) => w.k,
+        }
+    }
+}
+
 impl DirectConv {
     /// Weights and biases of the conv, for `info`.
     pub fn parameters(&self) -> usize {
-        self.weights.m * (self.weights.k + 1)
+        self.weights.m() * (self.weights.k() + 1)
     }
 
     /// Multiply-accumulates of the whole batch.
     pub fn macs(&self) -> u64 {
         let elements = self.input_shape.iter().product();
-        self.geometry.macs(elements, self.weights.m)
+        self.geometry.macs(elements, self.weights.m())
     }
 }
 
@@ -81,7 +124,7 @@ impl Op for DirectConv {
             g.kernel.1,
             g.stride,
             g.chw.0,
-            self.weights.m,
+            self.weights.m(),
             if self.accumulate { ", + shortcut" } else { "" },
             if self.relu { ", ReLU" } else { "" }
         )])
@@ -128,26 +171,57 @@ impl EvalOp for DirectConv {
         {
             let mut view = out.try_as_plain_ram_mut()?;
             let out = view.as_slice_mut::<f32>()?;
-            ensure!(out.len() == images * self.weights.m * g.positions());
+            ensure!(out.len() == images * self.weights.m() * g.positions());
             ensure!(x.len() == images * g.input_len());
             let ptr = OutPtr(out.as_mut_ptr());
-            let tasks = kernel::tasks(g, self.weights.m, images, tract_threads());
-            let isa = kernel::Isa::detect();
             let finish = kernel::Finish {
                 accumulate: self.accumulate,
                 relu: self.relu,
             };
-            let x = &*prepare(g, x, 0.0);
-            let starts = &g.row_starts();
-            on_tract_threads_in_runs(tasks, |run| {
-                for task in run {
-                    // SAFETY: `out` holds every image's channels x positions and outlives the
-                    // scope; tasks cover disjoint channels x positions; `x` holds every image.
-                    unsafe {
-                        kernel::run_task(g, starts, &self.weights, x, ptr, &task, finish, isa)
-                    };
+            match &*self.weights {
+                Packed::Lanes(w) => PACKED.with(|packed| {
+                    let mut packed = packed.borrow_mut();
+                    let len = lanes::packed_len(g);
+                    // Every tile is written in full by `lanes::pack`.
+                    let packed = packed.sized_to(images * len);
+                    let (tiles, tile) = (lanes::tiles(g), len / lanes::tiles(g).max(1));
+                    let to = OutPtr(packed.as_mut_ptr());
+                    let items: Vec<(usize, usize)> = (0..images)
+                        .flat_map(|i| (0..tiles).map(move |t| (i, t)))
+                        .collect();
+                    on_tract_threads_in_runs(items, |run| {
+                        for (i, t) in run {
+                            // SAFETY: tile `t` of image `i`, inside `packed` (sized above),
+                            // written by this item only.
+                            let out = unsafe { to.slice(i * len + t * tile, tile) };
+                            lanes::pack(g, &x[i * g.input_len()..][..g.input_len()], t, out);
+                        }
+                    });
+                    let packed = &*packed;
+                    on_tract_threads_in_runs(lanes::tasks(w, images), |run| {
+                        for task in run {
+                            let x = &packed[task.0 * len..][..len];
+                            // SAFETY: as below; the rule packed these weights only where
+                            // `lanes::applies` to the geometry.
+                            unsafe { lanes::run(g, w, x, ptr, task, finish) };
+                        }
+                    })
+                }),
+                Packed::Panels(w) => {
+                    let tasks = kernel::tasks(g, w.m, images, tract_threads());
+                    let isa = kernel::Isa::detect();
+                    let x = &*prepare(g, x, 0.0);
+                    let starts = &g.row_starts();
+                    on_tract_threads_in_runs(tasks, |run| {
+                        for task in run {
+                            // SAFETY: `out` holds every image's channels x positions and
+                            // outlives the scope; tasks cover disjoint channels x positions;
+                            // `x` holds every image.
+                            unsafe { kernel::run_task(g, starts, w, x, ptr, &task, finish, isa) };
+                        }
+                    });
                 }
-            });
+            }
         }
         Ok(tvec!(out.into_tvalue()))
     }
@@ -350,7 +424,7 @@ pub fn rewrite(model: &TypedModel, node: &TypedNode) -> TractResult<Option<Typed
         Some(s) if s.iter().product::<usize>() == images * m * h * w => s.into(),
         _ => return Ok(None),
     };
-    let Some(packed) = Weights::new(&weights, &bias, m, k) else {
+    let Some(packed) = Packed::new(&geometry, &weights, &bias, m, k) else {
         return Ok(None);
     };
 
