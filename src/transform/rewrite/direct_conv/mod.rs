@@ -180,6 +180,8 @@ impl EvalOp for DirectConv {
             };
             match &*self.weights {
                 Packed::Lanes(w) => PACKED.with(|packed| {
+                    let x = &*prepare(g, x, 0.0);
+                    let (starts, input) = (&g.row_starts(), g.prepared_len());
                     let mut packed = packed.borrow_mut();
                     let len = lanes::packed_len(g);
                     // Every tile is written in full by `lanes::pack`.
@@ -194,7 +196,7 @@ impl EvalOp for DirectConv {
                             // SAFETY: tile `t` of image `i`, inside `packed` (sized above),
                             // written by this item only.
                             let out = unsafe { to.slice(i * len + t * tile, tile) };
-                            lanes::pack(g, &x[i * g.input_len()..][..g.input_len()], t, out);
+                            lanes::pack(g, starts, &x[i * input..][..input], t, out);
                         }
                     });
                     let packed = &*packed;
