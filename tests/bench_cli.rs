@@ -384,38 +384,27 @@ fn profile_stages_sum_to_the_whole_inference() {
     );
 }
 
+/// `profile MODEL` on one thread, no warm-up, two runs, then `extra`.
+fn quick_profile(model: &str, extra: &[&str]) -> std::process::Output {
+    let args = ["profile", model, "--threads", "1", "--warmup-runs", "0"];
+    run(&[&args[..], &["--num-runs", "2"], extra].concat())
+}
+
 /// `--statistic min` sums each node's fastest run: no more than the mean wall time of a whole
 /// run (every run's nodes take at least their minimums), and said so in the report.
 #[test]
 fn profile_statistic_min_sums_the_fastest_runs() {
     let model = fixture(18, "legacy.onnx");
-    let args = |statistic| {
-        [
-            "profile",
-            &model,
-            "--threads",
-            "1",
-            "--warmup-runs",
-            "0",
-            "--num-runs",
-            "4",
-            "--statistic",
-            statistic,
-            "--format",
-            "json",
-        ]
-        .map(String::from)
-    };
-    let min = args("min");
-    let v = run_json(&min.iter().map(String::as_str).collect::<Vec<_>>());
+    let out = quick_profile(&model, &["--statistic", "min", "--format", "json"]);
+    let v: Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stderr)));
     assert_eq!(v["statistic"], "min");
     let (nodes, total) = (num(&v, "nodes_ms"), num(&v, "total_ms"));
     assert!(
         nodes > 0.0 && nodes <= total,
         "nodes {nodes} ms, runs {total} ms"
     );
-    let bad = args("median");
-    let out = run(&bad.iter().map(String::as_str).collect::<Vec<_>>());
+    let out = quick_profile(&model, &["--statistic", "median"]);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
         !out.status.success() && err.contains("expected mean or min"),
@@ -426,18 +415,7 @@ fn profile_statistic_min_sums_the_fastest_runs() {
 #[test]
 fn profile_table_lists_the_top_layers_and_csv_parses() {
     let model = fixture(18, "bn.onnx");
-    let out = run(&[
-        "profile",
-        &model,
-        "--threads",
-        "1",
-        "--warmup-runs",
-        "0",
-        "--num-runs",
-        "2",
-        "--top",
-        "4",
-    ]);
+    let out = quick_profile(&model, &["--top", "4"]);
     assert!(
         out.status.success(),
         "{}",

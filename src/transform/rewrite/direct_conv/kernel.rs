@@ -69,29 +69,44 @@ fn chunk(geo: &Geometry) -> usize {
 pub struct Weights {
     pub m: usize,
     pub k: usize,
-    packed: Vec<f32>,
-    bias: Vec<f32>,
+    pub(super) packed: Vec<f32>,
+    pub(super) bias: Vec<f32>,
 }
 
 impl Weights {
     /// `None` unless `w` holds `m * k` values and `bias` `m`.
     pub fn new(w: &[f32], bias: &[f32], m: usize, k: usize) -> Option<Weights> {
+        Weights::laid_out(w, bias, (m, k), MR, |packed| {
+            let groups = m.div_ceil(MR);
+            for ks in depth_blocks(k) {
+                let block = &mut packed[ks.start * groups * MR..][..ks.len() * groups * MR];
+                for (row, values) in w.chunks_exact(k).enumerate() {
+                    let (g, r) = (row / MR, row % MR);
+                    for (kk, &v) in values[ks.clone()].iter().enumerate() {
+                        block[(g * ks.len() + kk) * MR + r] = v;
+                    }
+                }
+            }
+        })
+    }
+
+    /// `w` (`[m][k]`) laid out by `pack` into zeros for `m` rounded up to whole `unit`s of
+    /// channels, the bias padded the same way; `None` unless the sizes agree.
+    pub(super) fn laid_out(
+        w: &[f32],
+        bias: &[f32],
+        (m, k): (usize, usize),
+        unit: usize,
+        pack: impl FnOnce(&mut [f32]),
+    ) -> Option<Weights> {
         if w.len() != m.checked_mul(k)? || bias.len() != m || m == 0 || k == 0 {
             return None;
         }
-        let groups = m.div_ceil(MR);
-        let mut packed = vec![0f32; groups * k * MR];
-        for ks in depth_blocks(k) {
-            let block = &mut packed[ks.start * groups * MR..][..ks.len() * groups * MR];
-            for (row, values) in w.chunks_exact(k).enumerate() {
-                let (g, r) = (row / MR, row % MR);
-                for (kk, &v) in values[ks.clone()].iter().enumerate() {
-                    block[(g * ks.len() + kk) * MR + r] = v;
-                }
-            }
-        }
+        let rows = m.div_ceil(unit) * unit;
+        let mut packed = vec![0f32; rows * k];
+        pack(&mut packed);
         let mut padded = bias.to_vec();
-        padded.resize(groups * MR, 0.0);
+        padded.resize(rows, 0.0);
         Some(Weights {
             m,
             k,

@@ -21,7 +21,7 @@ use crate::transform::rewrite::copy_run;
 use crate::transform::rewrite::isa::Isa;
 use crate::transform::rewrite::phase_planes::{Geometry, Rows};
 
-use super::kernel::{Finish, OutPtr};
+use super::kernel::{Finish, OutPtr, Weights};
 
 /// Output channels per tile: two vectors of 16.
 pub const LANES: usize = 32;
@@ -48,42 +48,21 @@ pub fn applies(geo: &Geometry) -> bool {
 }
 
 /// Weights `[m][k]` packed as `[m / LANES][k][LANES]` (the last block zero-padded), the bias
-/// padded the same way.
-#[derive(Debug, PartialEq)]
-pub struct Weights {
-    pub m: usize,
-    pub k: usize,
-    packed: Vec<f32>,
-    bias: Vec<f32>,
-}
-
-impl Weights {
-    /// `None` unless `w` holds `m * k` values and `bias` `m`.
-    pub fn new(w: &[f32], bias: &[f32], m: usize, k: usize) -> Option<Weights> {
-        if w.len() != m.checked_mul(k)? || bias.len() != m || m == 0 || k == 0 {
-            return None;
-        }
-        let blocks = m.div_ceil(LANES);
-        let mut packed = vec![0f32; blocks * k * LANES];
+/// padded the same way; `None` unless the sizes agree.
+pub fn weights(w: &[f32], bias: &[f32], m: usize, k: usize) -> Option<Weights> {
+    Weights::laid_out(w, bias, (m, k), LANES, |packed| {
         for (row, values) in w.chunks_exact(k).enumerate() {
             let (b, l) = (row / LANES, row % LANES);
             for (kk, &v) in values.iter().enumerate() {
                 packed[(b * k + kk) * LANES + l] = v;
             }
         }
-        let mut padded = bias.to_vec();
-        padded.resize(blocks * LANES, 0.0);
-        Some(Weights {
-            m,
-            k,
-            packed,
-            bias: padded,
-        })
-    }
+    })
+}
 
-    fn blocks(&self) -> usize {
-        self.m.div_ceil(LANES)
-    }
+/// Blocks of [`LANES`] output channels.
+fn block_count(w: &Weights) -> usize {
+    w.m.div_ceil(LANES)
 }
 
 /// The tasks of a conv over `images` images: one per image and channel block, in order, so
@@ -91,7 +70,7 @@ impl Weights {
 /// channel blocks.
 pub fn tasks(w: &Weights, images: usize) -> Vec<(usize, Range<usize>)> {
     (0..images)
-        .flat_map(|i| (0..w.blocks()).map(move |b| (i, b..b + 1)))
+        .flat_map(|i| (0..block_count(w)).map(move |b| (i, b..b + 1)))
         .collect()
 }
 
@@ -149,7 +128,7 @@ pub unsafe fn run(
         let mut sums = sums.borrow_mut();
         // Written by each tile's first depth block before any is read.
         let sums = sums.sized_to(tiles * SUMS_PER_TILE);
-        for b in blocks.clone().take_while(|&b| b < w.blocks()) {
+        for b in blocks.clone().take_while(|&b| b < block_count(w)) {
             let rows = (w.m - b * LANES).min(LANES);
             let weights = &w.packed[b * k * LANES..][..k * LANES];
             let bias = &w.bias[b * LANES..][..LANES];
@@ -345,7 +324,7 @@ mod tests {
             let n = h * w;
             let (wt, bias) = (test_values(m * c, 5), test_values(m, 6));
             let x = test_values(2 * c * n, 7);
-            let weights = Weights::new(&wt, &bias, m, c).unwrap();
+            let weights = weights(&wt, &bias, m, c).unwrap();
             for (accumulate, relu) in [(false, false), (true, true), (false, true)] {
                 let shortcut = test_values(2 * m * n, 8);
                 let mut out = match accumulate {

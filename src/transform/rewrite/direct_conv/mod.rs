@@ -68,7 +68,7 @@ pub enum Packed {
     /// 6-channel panels for [`kernel`]'s 16-position tiles.
     Panels(Weights),
     /// 32-channel vectors for [`lanes`] (small maps' 1x1s where AVX-512 runs).
-    Lanes(lanes::Weights),
+    Lanes(Weights),
 }
 
 impl Packed {
@@ -76,7 +76,7 @@ impl Packed {
     /// sizes agree.
     pub fn new(geo: &Geometry, w: &[f32], bias: &[f32], m: usize, k: usize) -> Option<Packed> {
         match lanes::applies(geo) {
-            true => lanes::Weights::new(w, bias, m, k).map(Packed::Lanes),
+            true => lanes::weights(w, bias, m, k).map(Packed::Lanes),
             false => Weights::new(w, bias, m, k).map(Packed::Panels),
         }
     }
@@ -84,16 +84,14 @@ impl Packed {
     /// Output channels.
     pub fn m(&self) -> usize {
         match self {
-            Packed::Panels(w) => w.m,
-            Packed::Lanes(w) => w.m,
+            Packed::Panels(w) | Packed::Lanes(w) => w.m,
         }
     }
 
     /// Depth: input channels x kernel taps.
     pub fn k(&self) -> usize {
         match self {
-            Packed::Panels(w) => w.k,
-            Packed::Lanes(w) => w.k,
+            Packed::Panels(w) | Packed::Lanes(w) => w.k,
         }
     }
 }
