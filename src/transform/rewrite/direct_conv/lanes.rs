@@ -17,9 +17,9 @@ use std::cell::RefCell;
 use std::ops::Range;
 
 use crate::transform::rewrite::aligned::Aligned;
-use crate::transform::rewrite::copy_run;
 use crate::transform::rewrite::isa::Isa;
 use crate::transform::rewrite::phase_planes::{Geometry, Rows};
+use crate::transform::rewrite::{copy_run, on_tract_threads_in_runs};
 
 use super::kernel::{Finish, OutPtr, Weights};
 
@@ -68,14 +68,14 @@ fn block_count(w: &Weights) -> usize {
 /// The tasks of a conv over `images` images: one per image and channel block, in order, so
 /// that each thread's contiguous run of them (`on_tract_threads_in_runs`) is a range of
 /// channel blocks.
-pub fn tasks(w: &Weights, images: usize) -> Vec<(usize, Range<usize>)> {
+fn tasks(w: &Weights, images: usize) -> Vec<(usize, Range<usize>)> {
     (0..images)
         .flat_map(|i| (0..block_count(w)).map(move |b| (i, b..b + 1)))
         .collect()
 }
 
 /// Elements of one image's packed activations ([`pack`]).
-pub fn packed_len(geo: &Geometry) -> usize {
+fn packed_len(geo: &Geometry) -> usize {
     tiles(geo) * geo.depth() * POSITIONS
 }
 
@@ -88,7 +88,7 @@ pub fn packed_len(geo: &Geometry) -> usize {
 /// 14x14 1x1s ran slower than on [`super::kernel`].
 ///
 /// [`prepare`]: crate::transform::rewrite::phase_planes::prepare
-pub fn pack(geo: &Geometry, starts: &[usize], x: &[f32], t: usize, out: &mut [f32]) {
+fn pack(geo: &Geometry, starts: &[usize], x: &[f32], t: usize, out: &mut [f32]) {
     let p0 = t * POSITIONS;
     let width = POSITIONS.min(geo.positions().saturating_sub(p0));
     for (&start, to) in starts.iter().zip(out.chunks_exact_mut(POSITIONS)) {
@@ -100,8 +100,63 @@ pub fn pack(geo: &Geometry, starts: &[usize], x: &[f32], t: usize, out: &mut [f3
     }
 }
 
+thread_local! {
+    /// The tiles [`conv`] packs per run, reused across runs.
+    static PACKED: RefCell<Aligned<f32>> = const { RefCell::new(Aligned::new()) };
+}
+
+/// The conv of geometry `geo` over `images` images: every image's tiles packed from `x`
+/// ([`pack`]; the tiles split over the plan's threads), then the channel blocks run over them.
+///
+/// # Safety
+/// [`applies`] held for `geo` and `w` came from [`weights`]; `x` is the whole batch as
+/// [`prepare`] returned it, `starts` is `geo.row_starts()`; `out` points at `images * w.m *
+/// geo.positions()` f32s that outlive the call, written by nothing else meanwhile.
+///
+/// [`prepare`]: crate::transform::rewrite::phase_planes::prepare
+pub unsafe fn conv(
+    geo: &Geometry,
+    starts: &[usize],
+    w: &Weights,
+    x: &[f32],
+    out: OutPtr,
+    images: usize,
+    finish: Finish,
+) {
+    let (input, len, tiles) = (geo.prepared_len(), packed_len(geo), tiles(geo));
+    let tile = w.k * POSITIONS;
+    PACKED.with(|packed| {
+        let mut packed = packed.borrow_mut();
+        // Every tile is written in full by `pack`.
+        let packed = packed.sized_to(images * len);
+        let to = OutPtr(packed.as_mut_ptr());
+        let items: Vec<(usize, usize)> = (0..images)
+            .flat_map(|i| (0..tiles).map(move |t| (i, t)))
+            .collect();
+        on_tract_threads_in_runs(items, |run| {
+            for (i, t) in run {
+                // SAFETY: tile `t` of image `i`, inside `packed` (sized above), written by this
+                // item only.
+                let to = unsafe { to.slice(i * len + t * tile, tile) };
+                match x.get(i * input..(i + 1) * input) {
+                    Some(x) => pack(geo, starts, x, t, to),
+                    None => to.fill(0.0),
+                }
+            }
+        });
+        let packed = &*packed;
+        on_tract_threads_in_runs(tasks(w, images), |blocks| {
+            for task in blocks {
+                let x = &packed[task.0 * len..][..len];
+                // SAFETY: the caller's contract; tasks cover disjoint channel blocks.
+                unsafe { run(geo, w, x, out, task, finish) };
+            }
+        })
+    })
+}
+
 /// Tiles per image.
-pub fn tiles(geo: &Geometry) -> usize {
+fn tiles(geo: &Geometry) -> usize {
     geo.positions().div_ceil(POSITIONS)
 }
 
@@ -112,7 +167,7 @@ pub fn tiles(geo: &Geometry) -> usize {
 /// [`applies`] held for `geo`; `x` holds [`packed_len`] values; `out` points at `images *
 /// w.m * geo.positions()` f32s that outlive the call, no other task writing these blocks'
 /// channels of this image.
-pub unsafe fn run(
+unsafe fn run(
     geo: &Geometry,
     w: &Weights,
     x: &[f32],

@@ -56,12 +56,6 @@ impl PartialEq for DirectConv {
 
 impl Eq for DirectConv {}
 
-thread_local! {
-    /// The activations [`lanes`] runs from, packed per run, reused across runs.
-    static PACKED: std::cell::RefCell<super::aligned::Aligned<f32>> =
-        const { std::cell::RefCell::new(super::aligned::Aligned::new()) };
-}
-
 /// The weights, packed for the kernel that runs the conv.
 #[derive(Debug, PartialEq)]
 pub enum Packed {
@@ -176,42 +170,14 @@ impl EvalOp for DirectConv {
                 accumulate: self.accumulate,
                 relu: self.relu,
             };
+            let x = &*prepare(g, x, 0.0);
+            let starts = &g.row_starts();
             match &*self.weights {
-                Packed::Lanes(w) => PACKED.with(|packed| {
-                    let x = &*prepare(g, x, 0.0);
-                    let (starts, input) = (&g.row_starts(), g.prepared_len());
-                    let mut packed = packed.borrow_mut();
-                    let len = lanes::packed_len(g);
-                    // Every tile is written in full by `lanes::pack`.
-                    let packed = packed.sized_to(images * len);
-                    let (tiles, tile) = (lanes::tiles(g), len / lanes::tiles(g).max(1));
-                    let to = OutPtr(packed.as_mut_ptr());
-                    let items: Vec<(usize, usize)> = (0..images)
-                        .flat_map(|i| (0..tiles).map(move |t| (i, t)))
-                        .collect();
-                    on_tract_threads_in_runs(items, |run| {
-                        for (i, t) in run {
-                            // SAFETY: tile `t` of image `i`, inside `packed` (sized above),
-                            // written by this item only.
-                            let out = unsafe { to.slice(i * len + t * tile, tile) };
-                            lanes::pack(g, starts, &x[i * input..][..input], t, out);
-                        }
-                    });
-                    let packed = &*packed;
-                    on_tract_threads_in_runs(lanes::tasks(w, images), |run| {
-                        for task in run {
-                            let x = &packed[task.0 * len..][..len];
-                            // SAFETY: as below; the rule packed these weights only where
-                            // `lanes::applies` to the geometry.
-                            unsafe { lanes::run(g, w, x, ptr, task, finish) };
-                        }
-                    })
-                }),
+                // SAFETY: as below; the rule packed these weights only where `lanes::applies`.
+                Packed::Lanes(w) => unsafe { lanes::conv(g, starts, w, x, ptr, images, finish) },
                 Packed::Panels(w) => {
                     let tasks = kernel::tasks(g, w.m, images, tract_threads());
                     let isa = kernel::Isa::detect();
-                    let x = &*prepare(g, x, 0.0);
-                    let starts = &g.row_starts();
                     on_tract_threads_in_runs(tasks, |run| {
                         for task in run {
                             // SAFETY: `out` holds every image's channels x positions and
