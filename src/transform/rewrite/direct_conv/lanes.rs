@@ -1,7 +1,8 @@
-//! The 1x1 convolutions of 7x7 maps (ResNet's last stage, its projection shortcut too) with output channels in the vector
-//! lanes: `out[m..m + 32][p] += w[m..m + 32][k] * x[k][p]`, the weights packed at load as
-//! 32-channel vectors per input channel, each activation broadcast. This is the shape of
-//! onnxruntime's pointwise NCHWc kernel (MLAS `MlasConvPointwise`), on NCHW input.
+//! The 1x1 convolutions of 7x7 maps (ResNet's last stage, its projection shortcut too) with
+//! output channels in the vector lanes: `out[m..m + 32][p] += w[m..m + 32][k] * x[k][p]`, the
+//! weights packed at load as 32-channel vectors per input channel, each activation broadcast.
+//! This is the shape of onnxruntime's pointwise NCHWc kernel (MLAS `MlasConvPointwise`), on
+//! NCHW input.
 //!
 //! Why: [`super::kernel`] puts 16 positions in the lanes, so a 7x7 map's 49 positions take
 //! four panels (64 lanes, the last for one position). Here a tile is 12 positions and the
@@ -24,7 +25,7 @@ use crate::transform::rewrite::{copy_run, on_tract_threads_in_runs};
 use super::kernel::{Finish, OutPtr, Weights};
 
 /// Output channels per tile: two vectors of 16.
-pub const LANES: usize = 32;
+const LANES: usize = 32;
 /// Positions per tile: 2 x 12 = 24 sums in registers, as [`super::kernel`]'s AVX-512 units.
 const POSITIONS: usize = 12;
 /// The largest map (in positions) run here: 7x7 and 8x8. ResNet-50's 14x14 1x1s (196
@@ -124,7 +125,7 @@ pub unsafe fn conv(
     finish: Finish,
 ) {
     let (input, len, tiles) = (geo.prepared_len(), packed_len(geo), tiles(geo));
-    let tile = w.k * POSITIONS;
+    let tile = geo.depth() * POSITIONS;
     PACKED.with(|packed| {
         let mut packed = packed.borrow_mut();
         // Every tile is written in full by `pack`.
