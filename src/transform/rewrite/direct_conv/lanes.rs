@@ -389,15 +389,8 @@ mod tests {
                 };
                 let finish = Finish { accumulate, relu };
                 let ptr = OutPtr(out.as_mut_ptr());
-                let mut packed = vec![f32::NAN; packed_len(&geo)];
-                for task in tasks(&weights, 2) {
-                    for (t, tile) in packed.chunks_exact_mut(c * POSITIONS).enumerate() {
-                        let image = &x[task.0 * c * n..][..c * n];
-                        pack(&geo, &geo.row_starts(), image, t, tile);
-                    }
-                    // SAFETY: `out` holds both images; tasks are disjoint.
-                    unsafe { run(&geo, &weights, &packed, ptr, task, finish) };
-                }
+                // SAFETY: `out` holds both images' outputs; nothing else touches it meanwhile.
+                unsafe { conv(&geo, &geo.row_starts(), &weights, &x, ptr, 2, finish) };
                 for (i, &got) in out.iter().enumerate() {
                     let (image, ch, p) = (i / (m * n), i / n % m, i % n);
                     let mut sum = bias[ch];
