@@ -100,11 +100,13 @@ fn bench_json_holds_every_key() {
     check_bench_numbers(&v, 7, 1);
     assert_eq!(v["model"], model.as_str());
     assert_eq!(v["input_shape"], serde_json::json!([1, 3, 224, 224]));
-    assert!(v["kernels"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .any(|k| k == &v["kernel"]));
+    // tract's matmul kernels left in the plan; none where our rewrites run every conv and the
+    // fully connected layer (x86 with AVX2 and FMA).
+    let kernels = v["kernels"].as_array().unwrap();
+    assert!(
+        kernels.iter().any(|k| k == &v["kernel"]) || (kernels.is_empty() && v["kernel"] == "none"),
+        "{v}"
+    );
 }
 
 #[test]

@@ -61,10 +61,10 @@ fn rewrites_fire_on_the_fixtures_and_keep_the_network_figures() {
     // 224x224 input: every stride-1 3x3 conv (13 in both), F(4x4,3x3) down to 14x14 maps and
     // F(2x2,3x3) at 7x7; a residual add per block (8 and 16); the stem's max-pool; on AVX2 +
     // FMA every other conv on our kernel (ResNet-18: the stem, three stride-2 3x3s, three
-    // projection shortcuts; ResNet-50: 53 convs less the 13 Winograd ones), and the adds
-    // after one of them folded into it (ResNet-18's three after a projection shortcut, every
-    // one of ResNet-50's, after a 1x1 conv3).
-    for (depth, winograd, residual, direct, folded) in [(18, 13, 8, 7, 3), (50, 13, 16, 40, 16)] {
+    // projection shortcuts; ResNet-50: 53 convs less the 13 Winograd ones) and the fully
+    // connected layer, and the adds after one of them folded into it (ResNet-18's three after
+    // a projection shortcut, every one of ResNet-50's, after a 1x1 conv3).
+    for (depth, winograd, residual, direct, folded) in [(18, 13, 8, 8, 3), (50, 13, 16, 41, 16)] {
         let model = format!("models/fixtures/resnet{depth}/model.safetensors");
         let on = run_json(&["info", &model, "--format", "json"]);
         let off = run_json(&["info", &model, "--format", "json", "--no-rewrite", "all"]);
