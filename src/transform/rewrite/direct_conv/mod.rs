@@ -534,6 +534,23 @@ mod tests {
         plan.run(tvec!(x.into())).unwrap().remove(0).into_tensor()
     }
 
+    /// Our outputs (returned) against tract's, within f32 rounding over sums of `depth` terms.
+    fn close<'a>(expected: &Tensor, got: &'a Tensor, depth: usize, case: &str) -> &'a [f32] {
+        assert_eq!(expected.shape(), got.shape(), "{case}");
+        let (e, g) = (
+            crate::plan::f32_slice(expected).unwrap(),
+            crate::plan::f32_slice(got).unwrap(),
+        );
+        let depth = depth as f32;
+        for (i, (a, b)) in e.iter().zip(g).enumerate() {
+            assert!(
+                (a - b).abs() <= 1e-5 * depth.sqrt() * (1.0 + a.abs()),
+                "{case}: element {i}: tract {a}, ours {b}"
+            );
+        }
+        g
+    }
+
     fn check(shape: &[usize], m: usize, k: usize, s: usize, bias: bool, relu: bool) {
         let reference = conv(shape, m, k, s, bias, relu);
         let (rewritten, report) = apply(reference.clone(), &Rewrites::all()).unwrap();
@@ -561,18 +578,7 @@ mod tests {
         );
         let expected = run(reference, shape);
         let got = run(rewritten, shape);
-        assert_eq!(expected.shape(), got.shape());
-        let (e, g) = (
-            crate::plan::f32_slice(&expected).unwrap(),
-            crate::plan::f32_slice(&got).unwrap(),
-        );
-        let depth = (shape[shape.len() - 3] * k * k) as f32;
-        for (i, (a, b)) in e.iter().zip(g).enumerate() {
-            assert!(
-                (a - b).abs() <= 1e-5 * depth.sqrt() * (1.0 + a.abs()),
-                "{case}: element {i}: tract {a}, ours {b}"
-            );
-        }
+        let g = close(&expected, &got, shape[shape.len() - 3] * k * k, &case);
         if relu {
             assert!(g.iter().all(|&v| v >= 0.0) && g.contains(&0.0));
         }
@@ -789,18 +795,7 @@ mod tests {
                 "{c} -> {n}: the bias absorbed, nothing else left: {ops:?}"
             );
             let got = run(rewritten, &[1, c, 1, 1]);
-            assert_eq!(expected.shape(), got.shape());
-            let (e, g) = (
-                crate::plan::f32_slice(&expected).unwrap(),
-                crate::plan::f32_slice(&got).unwrap(),
-            );
-            for (i, (a, b)) in e.iter().zip(g).enumerate() {
-                let tolerance = 1e-5 * (c as f32).sqrt() * (1.0 + a.abs());
-                assert!(
-                    (a - b).abs() <= tolerance,
-                    "{c} -> {n}: output {i}: tract {a}, ours {b}"
-                );
-            }
+            close(&expected, &got, c, &format!("{c} -> {n}"));
         }
     }
 
