@@ -197,7 +197,8 @@ impl ChannelsLast {
         let (c4, pixels) = (self.c4, self.pixels);
         let (image, zero) = dst.split_at_mut((pixels * c4).min(dst.len()));
         zero.fill(self.x_zero);
-        let runs: Vec<_> = image.chunks_mut(PREPARE_PIXELS * c4).enumerate().collect();
+        let run = (PREPARE_PIXELS * c4).max(1);
+        let runs: Vec<_> = image.chunks_mut(run).enumerate().collect();
         on_tract_threads(runs, |(i, dst)| {
             self.prepare_pixels(x, i * PREPARE_PIXELS, dst)
         });
@@ -708,9 +709,9 @@ mod tests {
             // Four whole channel blocks (two AVX-512 VNNI units) and a partial fifth (a unit
             // of one block, on the single-block path).
             (g((8, 7, 6), (3, 3), (1, 1), (1, 1), (7, 6)), 70, 2),
-            // Channels and pixels past whole 16 x 16 transpose blocks (32 x 42); three runs of
-            // the copy, the last past the blocks (575 pixels).
+            // Channels and pixels past whole 16 x 16 transpose blocks (32 x 42).
             (g((32, 6, 7), (3, 3), (1, 1), (1, 1), (6, 7)), 20, 1),
+            // Three runs of the copy (575 pixels), the last one past the whole blocks.
             (g((20, 23, 25), (3, 3), (1, 1), (1, 1), (23, 25)), 9, 1),
             // Stride 2 (a stage's first 3x3), unpadded, and the stem's 7x7 with 3 channels.
             (g((12, 9, 9), (3, 3), (2, 2), (1, 1), (5, 5)), 16, 1),
