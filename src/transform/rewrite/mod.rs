@@ -50,7 +50,8 @@ pub enum Rewrite {
     /// 2D max-pools (the stem's) as row folds over the plan's threads ([`max_pool`]).
     MaxPool,
     /// The f32 convolutions `winograd` leaves (1x1, strided, the stem), with their bias and
-    /// ReLU, on our GEMM kernel ([`direct_conv`]).
+    /// ReLU, and a classifier's fully connected layer at batch 1, on our GEMM kernel
+    /// ([`direct_conv`]).
     DirectConv,
     /// A `residual-add` folded into the `direct-conv` conv before it, which adds its sums to
     /// the shortcut ([`conv_residual`]).

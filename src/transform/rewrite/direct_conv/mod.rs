@@ -1,6 +1,7 @@
 //! `direct-conv`: f32 convolutions tract's matmul path runs slowly (1x1 ones, strided ones,
 //! the 7x7 stem; whatever `winograd` did not take), with their bias and ReLU, on our GEMM
-//! kernel.
+//! kernel; and a classifier's fully connected layer at batch 1, a 1x1 conv on a 1x1 map
+//! ([`fc_shape`]).
 //!
 //! Why: these are 60-75% of ResNet-50's time. tract's declutter turns a 1x1 conv into an
 //! `EinSum` its optimiser runs as an input-packing op plus a matmul (after a `Downsample` copy
