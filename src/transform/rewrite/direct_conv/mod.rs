@@ -260,8 +260,8 @@ struct Shape {
     bias: Vec<f32>,
     m: usize,
     input: OutletId,
-    /// The output's channel axis, counted from the end: 3 (`[N]OHW`), or 1 for the
-    /// classifier's `[1, O]`.
+    /// The output's channel axis, counted from the end: 3 for a conv's `[N]OHW`; for a fully
+    /// connected layer, wherever its `O` axis lies (1 in ResNet's `[1, O]`).
     channel: usize,
 }
 
