@@ -302,9 +302,14 @@ fn input_plane_generic<V: Variant>(
     }
     let data = &phases.data;
     #[cfg(target_arch = "x86_64")]
-    if V::M == 4 && std::is_x86_feature_detected!("avx") {
+    if std::is_x86_feature_detected!("avx") {
+        let tiles = (th, tw);
         // SAFETY: the CPU has AVX, checked just above.
-        return unsafe { f4_avx::input_tiles(data, stride, (th, tw), rows_out, t_base) };
+        match V::M {
+            2 => return unsafe { avx::input_tiles::<F2>(data, stride, tiles, rows_out, t_base) },
+            4 => return unsafe { avx::input_tiles::<F4>(data, stride, tiles, rows_out, t_base) },
+            _ => {}
+        }
     }
     input_tiles_generic::<V>(data, stride, (th, tw), rows_out, t_base);
 }
@@ -380,12 +385,18 @@ fn output_plane_generic<V: Variant>(
     (oh, ow): (usize, usize),
 ) {
     #[cfg(target_arch = "x86_64")]
-    if V::M == 4 && std::is_x86_feature_detected!("avx") {
-        let epilogue = (bias, relu);
+    if std::is_x86_feature_detected!("avx") {
+        let (e, hw) = ((bias, relu), (oh, ow));
         // SAFETY: the CPU has AVX, checked just above.
-        return unsafe {
-            f4_avx::output_tiles(src, ch, t_base, geometry, epilogue, plane, (oh, ow))
-        };
+        match V::M {
+            2 => {
+                return unsafe { avx::output_tiles::<F2>(src, ch, t_base, geometry, e, plane, hw) }
+            }
+            4 => {
+                return unsafe { avx::output_tiles::<F4>(src, ch, t_base, geometry, e, plane, hw) }
+            }
+            _ => {}
+        }
     }
     output_tiles_generic::<V>(src, ch, t_base, geometry, (bias, relu), plane, (oh, ow));
 }
@@ -461,8 +472,8 @@ fn deinterleave_dispatch(m: usize, src: &[f32], dst: &mut [f32], stride: usize) 
         // SAFETY: the CPU has AVX2, checked just above.
         let done = unsafe {
             match m {
-                2 => f4_avx::deinterleave::<2>(src, dst, stride),
-                _ => f4_avx::deinterleave::<4>(src, dst, stride),
+                2 => avx::deinterleave::<2>(src, dst, stride),
+                _ => avx::deinterleave::<4>(src, dst, stride),
             }
         };
         // Groups past the last whole block of eight (none for [`Phases`]' rows).
@@ -480,48 +491,127 @@ fn deinterleave_dispatch(m: usize, src: &[f32], dst: &mut [f32], stride: usize) 
     }
 }
 
-/// F(4x4,3x3)'s tile loops written with AVX intrinsics, and the phase split with AVX2: the
-/// same operations in the same order as the generic code (so the same values), without its
-/// bounds checks, its arrays moved through the stack, or its element-by-element shuffles.
-/// ResNet-50's layer1 sizes (64 channels of 56x56) in a loop on the README's Xeon: the input
+/// The tile loops written with AVX intrinsics, and the phase split with AVX2: the same
+/// operations in the same order as the generic code (so the same values), without its bounds
+/// checks, its arrays moved through the stack, or its element-by-element shuffles. ResNet-50's
+/// layer1 sizes (64 channels of 56x56, F(4x4)) in a loop on the README's Xeon: the input
 /// transform 0.31-0.41 -> 0.24 ms, the output one 0.17-0.19 -> 0.12.
 #[cfg(target_arch = "x86_64")]
-mod f4_avx {
-    use super::{store_partial, Geometry, Lanes, LANES};
+mod avx {
+    use super::{store_partial, Geometry, Lanes, Variant, F2, F4, LANES};
     use std::arch::x86_64::*;
 
-    /// `B^T d` on eight tiles, as [`super::F4::input_1d`].
-    #[inline(always)]
-    unsafe fn bt(d: [__m256; 6]) -> [__m256; 6] {
-        let (add, sub, mul) = (_mm256_add_ps, _mm256_sub_ps, _mm256_mul_ps);
-        let (four, five, two) = (
-            _mm256_set1_ps(4.0),
-            _mm256_set1_ps(5.0),
-            _mm256_set1_ps(2.0),
-        );
-        let (d42, d31) = (sub(d[4], d[2]), sub(d[3], d[1]));
-        [
-            add(sub(mul(four, d[0]), mul(five, d[2])), d[4]),
-            sub(add(d[3], d[4]), mul(four, add(d[1], d[2]))),
-            add(sub(d[4], d[3]), mul(four, sub(d[1], d[2]))),
-            add(d42, mul(two, d31)),
-            sub(d42, mul(two, d31)),
-            add(sub(mul(four, d[1]), mul(five, d[3])), d[5]),
-        ]
+    /// A variant's 1D transforms on eight tiles (`A` of the six vectors used), as its
+    /// [`Variant`] methods compute them, and its output rows as pixels.
+    pub trait Tiles: Variant {
+        /// `B^T d`.
+        unsafe fn bt(d: [__m256; 6]) -> [__m256; 6];
+        /// `A^T v`.
+        unsafe fn at(v: [__m256; 6]) -> [__m256; 4];
+        /// Eight tiles' row of `M` outputs (`o[j]` lane `l`: tile `l`'s column `j`) as the
+        /// `8 * M` pixels they are, in order.
+        unsafe fn pixels(o: [__m256; 4]) -> [__m256; 4];
     }
 
-    /// `A^T v` on eight tiles, as [`super::F4::output_1d`].
-    #[inline(always)]
-    unsafe fn at(v: [__m256; 6]) -> [__m256; 4] {
-        let (add, sub, mul) = (_mm256_add_ps, _mm256_sub_ps, _mm256_mul_ps);
-        let (s12, d12) = (add(v[1], v[2]), sub(v[1], v[2]));
-        let (s34, d34) = (add(v[3], v[4]), sub(v[3], v[4]));
-        [
-            add(add(v[0], s12), s34),
-            add(d12, mul(_mm256_set1_ps(2.0), d34)),
-            add(s12, mul(_mm256_set1_ps(4.0), s34)),
-            add(add(d12, mul(_mm256_set1_ps(8.0), d34)), v[5]),
-        ]
+    impl Tiles for F2 {
+        #[inline(always)]
+        unsafe fn bt(d: [__m256; 6]) -> [__m256; 6] {
+            let (add, sub) = (_mm256_add_ps, _mm256_sub_ps);
+            let zero = _mm256_setzero_ps();
+            [
+                sub(d[0], d[2]),
+                add(d[1], d[2]),
+                sub(d[2], d[1]),
+                sub(d[1], d[3]),
+                zero,
+                zero,
+            ]
+        }
+
+        #[inline(always)]
+        unsafe fn at(v: [__m256; 6]) -> [__m256; 4] {
+            let (add, sub) = (_mm256_add_ps, _mm256_sub_ps);
+            let zero = _mm256_setzero_ps();
+            [
+                add(add(v[0], v[1]), v[2]),
+                sub(sub(v[1], v[2]), v[3]),
+                zero,
+                zero,
+            ]
+        }
+
+        #[inline(always)]
+        unsafe fn pixels(o: [__m256; 4]) -> [__m256; 4] {
+            // Tiles (0, 1 | 4, 5) and (2, 3 | 6, 7).
+            let (lo, hi) = (
+                _mm256_unpacklo_ps(o[0], o[1]),
+                _mm256_unpackhi_ps(o[0], o[1]),
+            );
+            let zero = _mm256_setzero_ps();
+            [
+                _mm256_permute2f128_ps::<0x20>(lo, hi),
+                _mm256_permute2f128_ps::<0x31>(lo, hi),
+                zero,
+                zero,
+            ]
+        }
+    }
+
+    impl Tiles for F4 {
+        #[inline(always)]
+        unsafe fn bt(d: [__m256; 6]) -> [__m256; 6] {
+            let (add, sub, mul) = (_mm256_add_ps, _mm256_sub_ps, _mm256_mul_ps);
+            let (four, five, two) = (
+                _mm256_set1_ps(4.0),
+                _mm256_set1_ps(5.0),
+                _mm256_set1_ps(2.0),
+            );
+            let (d42, d31) = (sub(d[4], d[2]), sub(d[3], d[1]));
+            [
+                add(sub(mul(four, d[0]), mul(five, d[2])), d[4]),
+                sub(add(d[3], d[4]), mul(four, add(d[1], d[2]))),
+                add(sub(d[4], d[3]), mul(four, sub(d[1], d[2]))),
+                add(d42, mul(two, d31)),
+                sub(d42, mul(two, d31)),
+                add(sub(mul(four, d[1]), mul(five, d[3])), d[5]),
+            ]
+        }
+
+        #[inline(always)]
+        unsafe fn at(v: [__m256; 6]) -> [__m256; 4] {
+            let (add, sub, mul) = (_mm256_add_ps, _mm256_sub_ps, _mm256_mul_ps);
+            let (s12, d12) = (add(v[1], v[2]), sub(v[1], v[2]));
+            let (s34, d34) = (add(v[3], v[4]), sub(v[3], v[4]));
+            [
+                add(add(v[0], s12), s34),
+                add(d12, mul(_mm256_set1_ps(2.0), d34)),
+                add(s12, mul(_mm256_set1_ps(4.0), s34)),
+                add(add(d12, mul(_mm256_set1_ps(8.0), d34)), v[5]),
+            ]
+        }
+
+        #[inline(always)]
+        unsafe fn pixels(o: [__m256; 4]) -> [__m256; 4] {
+            let (t0, t1) = (
+                _mm256_unpacklo_ps(o[0], o[1]),
+                _mm256_unpackhi_ps(o[0], o[1]),
+            );
+            let (t2, t3) = (
+                _mm256_unpacklo_ps(o[2], o[3]),
+                _mm256_unpackhi_ps(o[2], o[3]),
+            );
+            // Tiles (0, 4), (1, 5), (2, 6) and (3, 7) in the two halves.
+            let u0 = _mm256_shuffle_ps::<0b01_00_01_00>(t0, t2);
+            let u1 = _mm256_shuffle_ps::<0b11_10_11_10>(t0, t2);
+            let u2 = _mm256_shuffle_ps::<0b01_00_01_00>(t1, t3);
+            let u3 = _mm256_shuffle_ps::<0b11_10_11_10>(t1, t3);
+            [
+                _mm256_permute2f128_ps::<0x20>(u0, u1),
+                _mm256_permute2f128_ps::<0x20>(u2, u3),
+                _mm256_permute2f128_ps::<0x31>(u0, u1),
+                _mm256_permute2f128_ps::<0x31>(u2, u3),
+            ]
+        }
     }
 
     /// The tile loop of [`super::input_plane`]: `data` the phase rows (`stride` apart, as
@@ -530,14 +620,14 @@ mod f4_avx {
     /// # Safety
     /// AVX.
     #[target_feature(enable = "avx")]
-    pub unsafe fn input_tiles(
+    pub unsafe fn input_tiles<V: Tiles>(
         data: &[f32],
         stride: usize,
         (th, tw): (usize, usize),
         rows_out: &mut [&mut [f32]],
         t_base: usize,
     ) {
-        let (m, a) = (4, 6);
+        let (m, a) = (V::M, V::A);
         // Every load below: rows up to `th * m + 2`, offsets up to one tile past `tw`, and a
         // whole vector more.
         if data.len() < (th * m + 2) * m * stride
@@ -552,18 +642,21 @@ mod f4_avx {
                 let live = LANES.min(tw - tx0);
                 // Rows of the tiles, each transformed along x.
                 let mut rows = [[_mm256_setzero_ps(); 6]; 6];
-                for (i, row) in rows.iter_mut().enumerate() {
+                for (i, row) in rows.iter_mut().enumerate().take(a) {
                     let r = ty * m + i;
-                    // SAFETY: inside `data` (checked above).
-                    *row = bt(std::array::from_fn(|j| unsafe {
-                        _mm256_loadu_ps(dp.add((r * m + j % m) * stride + tx0 + j / m))
+                    *row = V::bt(std::array::from_fn(|j| match j < a {
+                        // SAFETY: inside `data` (checked above).
+                        true => unsafe {
+                            _mm256_loadu_ps(dp.add((r * m + j % m) * stride + tx0 + j / m))
+                        },
+                        false => _mm256_setzero_ps(),
                     }));
                 }
                 // Then along y, column by column, and out to the matmul input.
                 let t0 = t_base + ty * tw + tx0;
                 for j in 0..a {
-                    let col = bt(std::array::from_fn(|i| rows[i][j]));
-                    for (i, &v) in col.iter().enumerate() {
+                    let col = V::bt(std::array::from_fn(|i| rows[i][j]));
+                    for (i, &v) in col.iter().enumerate().take(a) {
                         let out = &mut *rows_out[i * a + j];
                         if t0 + LANES <= out.len() {
                             // SAFETY: inside `out`, checked just above.
@@ -580,37 +673,12 @@ mod f4_avx {
         }
     }
 
-    /// Eight tiles' row of four outputs (`o[j]` lane `l`: tile `l`'s column `j`) as the 32
-    /// pixels they are, in order.
-    #[inline(always)]
-    unsafe fn pixels(o: [__m256; 4]) -> [__m256; 4] {
-        let (t0, t1) = (
-            _mm256_unpacklo_ps(o[0], o[1]),
-            _mm256_unpackhi_ps(o[0], o[1]),
-        );
-        let (t2, t3) = (
-            _mm256_unpacklo_ps(o[2], o[3]),
-            _mm256_unpackhi_ps(o[2], o[3]),
-        );
-        // Tiles (0, 4), (1, 5), (2, 6) and (3, 7) in the two halves.
-        let u0 = _mm256_shuffle_ps::<0b01_00_01_00>(t0, t2);
-        let u1 = _mm256_shuffle_ps::<0b11_10_11_10>(t0, t2);
-        let u2 = _mm256_shuffle_ps::<0b01_00_01_00>(t1, t3);
-        let u3 = _mm256_shuffle_ps::<0b11_10_11_10>(t1, t3);
-        [
-            _mm256_permute2f128_ps::<0x20>(u0, u1),
-            _mm256_permute2f128_ps::<0x20>(u2, u3),
-            _mm256_permute2f128_ps::<0x31>(u0, u1),
-            _mm256_permute2f128_ps::<0x31>(u2, u3),
-        ]
-    }
-
-    /// [`super::output_plane`]'s work for F(4x4).
+    /// [`super::output_plane`]'s work.
     ///
     /// # Safety
     /// AVX.
     #[target_feature(enable = "avx")]
-    pub unsafe fn output_tiles(
+    pub unsafe fn output_tiles<V: Tiles>(
         src: &[&[f32]],
         ch: usize,
         t_base: usize,
@@ -619,7 +687,7 @@ mod f4_avx {
         plane: &mut [f32],
         (oh, ow): (usize, usize),
     ) {
-        let (m, a) = (4, 6);
+        let (m, a) = (V::M, V::A);
         let ((th, tw), first) = (geometry.tiles, ch * geometry.t_total + t_base);
         let Some(len) = src.iter().take(a * a).map(|s| s.len()).min() else {
             return;
@@ -645,14 +713,21 @@ mod f4_avx {
             for tx0 in (0..tw).step_by(LANES) {
                 let t0 = first + ty * tw + tx0;
                 // Rows of the tiles, each transformed along x, then along y per column.
-                let rows: [[__m256; 4]; 6] =
-                    std::array::from_fn(|i| at(std::array::from_fn(|j| load(src[i * a + j], t0))));
-                let cols: [[__m256; 4]; 4] =
-                    std::array::from_fn(|j| at(std::array::from_fn(|i| rows[i][j])));
+                let rows: [[__m256; 4]; 6] = std::array::from_fn(|i| match i < a {
+                    true => V::at(std::array::from_fn(|j| match j < a {
+                        true => load(src[i * a + j], t0),
+                        false => zero,
+                    })),
+                    false => [zero; 4],
+                });
+                let cols: [[__m256; 4]; 4] = std::array::from_fn(|j| match j < m {
+                    true => V::at(std::array::from_fn(|i| rows[i][j])),
+                    false => [zero; 4],
+                });
                 let x0 = tx0 * m;
                 let width = (LANES * m).min(ow - x0);
                 for i in 0..m.min(oh - ty * m) {
-                    let pixels = pixels(std::array::from_fn(|j| {
+                    let pixels = V::pixels(std::array::from_fn(|j| {
                         let v = _mm256_add_ps(cols[j][i], b);
                         match relu {
                             true => _mm256_max_ps(v, zero),
@@ -660,20 +735,18 @@ mod f4_avx {
                         }
                     }));
                     let out = &mut plane[(ty * m + i) * ow + x0..][..width];
-                    match <&mut [f32; LANES * 4]>::try_from(&mut *out) {
-                        Ok(out) => {
-                            for (k, &v) in pixels.iter().enumerate() {
-                                // SAFETY: eight of the row's 32.
-                                unsafe { _mm256_storeu_ps(out.as_mut_ptr().add(LANES * k), v) };
-                            }
-                        }
-                        Err(_) => {
-                            for (k, &v) in pixels.iter().enumerate() {
-                                // SAFETY: eight of the strip's 32.
-                                unsafe { _mm256_storeu_ps(strip.as_mut_ptr().add(LANES * k), v) };
-                            }
-                            out.copy_from_slice(&strip[..width]);
-                        }
+                    // The row's `8 * m` pixels straight out, or through `strip` when cropped.
+                    let whole = width == LANES * m;
+                    let to = match whole {
+                        true => out.as_mut_ptr(),
+                        false => strip.as_mut_ptr(),
+                    };
+                    for (k, &v) in pixels.iter().enumerate().take(m) {
+                        // SAFETY: eight of the row's (or the strip's) `8 * m`.
+                        unsafe { _mm256_storeu_ps(to.add(LANES * k), v) };
+                    }
+                    if !whole {
+                        out.copy_from_slice(&strip[..width]);
                     }
                 }
             }
@@ -754,59 +827,72 @@ mod tests {
     /// tiles, and the last channel's last tiles at the end of their rows.
     const CASES: [((usize, usize), usize); 3] = [((3, 5), 7), ((14, 14), 0), ((2, 9), 3)];
 
-    #[test]
-    fn f4_avx_input_tiles_match_the_generic_ones() {
-        if !std::is_x86_feature_detected!("avx") {
-            return;
-        }
+    fn input_tiles_match<V: avx::Tiles>() {
         for (tiles, t_base) in CASES {
-            let mut phases = Phases::new::<F4>(tiles);
+            let mut phases = Phases::new::<V>(tiles);
             phases.data = values(phases.data.len(), 3);
             let t_total = t_base + tiles.0 * tiles.1;
             let run = |avx: bool| {
-                let mut rows = vec![vec![0f32; t_total]; 36];
+                let mut rows = vec![vec![0f32; t_total]; V::A * V::A];
                 let mut out: Vec<&mut [f32]> = rows.iter_mut().map(|r| &mut r[..]).collect();
                 let (data, stride) = (&phases.data, phases.stride);
                 match avx {
-                    // SAFETY: AVX, checked above.
-                    true => unsafe { f4_avx::input_tiles(data, stride, tiles, &mut out, t_base) },
-                    false => input_tiles_generic::<F4>(data, stride, tiles, &mut out, t_base),
+                    // SAFETY: AVX, checked by the caller.
+                    true => unsafe { avx::input_tiles::<V>(data, stride, tiles, &mut out, t_base) },
+                    false => input_tiles_generic::<V>(data, stride, tiles, &mut out, t_base),
                 }
                 rows.concat()
             };
-            assert_eq!(bits(&run(true)), bits(&run(false)), "{tiles:?}");
+            assert_eq!(bits(&run(true)), bits(&run(false)), "F{} {tiles:?}", V::M);
         }
     }
 
     #[test]
-    fn f4_avx_output_tiles_match_the_generic_ones() {
-        if !std::is_x86_feature_detected!("avx") {
-            return;
+    fn avx_input_tiles_match_the_generic_ones() {
+        if std::is_x86_feature_detected!("avx") {
+            input_tiles_match::<F2>();
+            input_tiles_match::<F4>();
         }
+    }
+
+    fn output_tiles_match<V: avx::Tiles>() {
         let k = 3;
         for (tiles, t_base) in CASES {
             let t_total = t_base + tiles.0 * tiles.1;
             let blocks: Vec<Vec<f32>> = (0..36).map(|p| values(k * t_total, p)).collect();
-            let src: Vec<&[f32]> = blocks.iter().map(|b| &b[..]).collect();
+            let src: Vec<&[f32]> = blocks.iter().take(V::A * V::A).map(|b| &b[..]).collect();
             let geometry = Geometry { tiles, t_total };
-            let out_hw = (tiles.0 * 4 - 1, tiles.1 * 4 - 2);
+            let m = V::M;
+            let out_hw = (tiles.0 * m - 1, tiles.1 * m - 1);
             for (ch, relu) in [(0, true), (k - 1, true), (k - 1, false)] {
                 let run = |avx: bool| {
                     let mut plane = vec![0f32; out_hw.0 * out_hw.1];
                     let (e, p) = ((0.25, relu), &mut plane[..]);
                     match avx {
-                        // SAFETY: AVX, checked above.
+                        // SAFETY: AVX, checked by the caller.
                         true => unsafe {
-                            f4_avx::output_tiles(&src, ch, t_base, geometry, e, p, out_hw)
+                            avx::output_tiles::<V>(&src, ch, t_base, geometry, e, p, out_hw)
                         },
                         false => {
-                            output_tiles_generic::<F4>(&src, ch, t_base, geometry, e, p, out_hw)
+                            output_tiles_generic::<V>(&src, ch, t_base, geometry, e, p, out_hw)
                         }
                     }
                     plane
                 };
-                assert_eq!(bits(&run(true)), bits(&run(false)), "{tiles:?} {ch} {relu}");
+                assert_eq!(
+                    bits(&run(true)),
+                    bits(&run(false)),
+                    "F{m} {tiles:?} {ch} {relu}"
+                );
             }
+        }
+    }
+
+    #[test]
+    fn avx_output_tiles_match_the_generic_ones() {
+        if std::is_x86_feature_detected!("avx") {
+            output_tiles_match::<F2>();
+            output_tiles_match::<F4>();
         }
     }
 
