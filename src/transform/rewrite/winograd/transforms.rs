@@ -252,19 +252,29 @@ avx_dispatch! {
     )
 }
 
-avx_dispatch! {
-    /// Transform the matmul outputs (`src[p]` is position p's `[K, t_total]`) back into one
-    /// `oh x ow` output plane for channel `ch`, tiles from `t_base`: `A^T m A + bias`, ReLU'd if
-    /// asked.
-    pub fn output_plane / output_plane_avx / output_plane_generic(
-        src: &[&[f32]],
-        ch: usize,
-        t_base: usize,
-        geometry: Geometry,
-        epilogue: (f32, bool),
-        plane: &mut [f32],
-        out_hw: (usize, usize),
-    )
+/// Transform the matmul outputs (`src[p]` is position p's `[K, t_total]`) back into one
+/// `oh x ow` output plane for channel `ch`, tiles from `t_base`: `A^T m A + bias`, ReLU'd if
+/// asked. On x86 with AVX, the intrinsic tile loops of [`avx`]; elsewhere the portable code.
+pub fn output_plane<V: Variant>(
+    src: &[&[f32]],
+    ch: usize,
+    t_base: usize,
+    geometry: Geometry,
+    epilogue: (f32, bool),
+    plane: &mut [f32],
+    out_hw: (usize, usize),
+) {
+    #[cfg(target_arch = "x86_64")]
+    if std::is_x86_feature_detected!("avx") {
+        let (g, e, hw) = (geometry, epilogue, out_hw);
+        // SAFETY: the CPU has AVX, checked just above.
+        match V::M {
+            2 => return unsafe { avx::output_tiles::<F2>(src, ch, t_base, g, e, plane, hw) },
+            4 => return unsafe { avx::output_tiles::<F4>(src, ch, t_base, g, e, plane, hw) },
+            _ => {}
+        }
+    }
+    output_plane_generic::<V>(src, ch, t_base, geometry, epilogue, plane, out_hw)
 }
 
 #[inline(always)]
@@ -374,36 +384,8 @@ fn deinterleave<const M: usize>(src: &[f32], dst: &mut [f32], stride: usize) {
     }
 }
 
-#[inline(always)]
+/// [`output_plane`]'s portable code.
 fn output_plane_generic<V: Variant>(
-    src: &[&[f32]],
-    ch: usize,
-    t_base: usize,
-    geometry: Geometry,
-    (bias, relu): (f32, bool),
-    plane: &mut [f32],
-    (oh, ow): (usize, usize),
-) {
-    #[cfg(target_arch = "x86_64")]
-    if std::is_x86_feature_detected!("avx") {
-        let (e, hw) = ((bias, relu), (oh, ow));
-        // SAFETY: the CPU has AVX, checked just above.
-        match V::M {
-            2 => {
-                return unsafe { avx::output_tiles::<F2>(src, ch, t_base, geometry, e, plane, hw) }
-            }
-            4 => {
-                return unsafe { avx::output_tiles::<F4>(src, ch, t_base, geometry, e, plane, hw) }
-            }
-            _ => {}
-        }
-    }
-    output_tiles_generic::<V>(src, ch, t_base, geometry, (bias, relu), plane, (oh, ow));
-}
-
-/// [`output_plane`]'s work without the F(4x4) AVX path.
-#[inline(always)]
-fn output_tiles_generic<V: Variant>(
     src: &[&[f32]],
     ch: usize,
     t_base: usize,
@@ -874,7 +856,7 @@ mod tests {
                             avx::output_tiles::<V>(&src, ch, t_base, geometry, e, p, out_hw)
                         },
                         false => {
-                            output_tiles_generic::<V>(&src, ch, t_base, geometry, e, p, out_hw)
+                            output_plane_generic::<V>(&src, ch, t_base, geometry, e, p, out_hw)
                         }
                     }
                     plane
