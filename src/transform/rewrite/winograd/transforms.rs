@@ -268,10 +268,13 @@ pub fn output_plane<V: Variant>(
     if std::is_x86_feature_detected!("avx") {
         let (g, e, hw) = (geometry, epilogue, out_hw);
         // SAFETY: the CPU has AVX, checked just above.
-        match V::M {
-            2 => return unsafe { avx::output_tiles::<F2>(src, ch, t_base, g, e, plane, hw) },
-            4 => return unsafe { avx::output_tiles::<F4>(src, ch, t_base, g, e, plane, hw) },
-            _ => {}
+        let done = match V::M {
+            2 => unsafe { avx::output_tiles::<F2>(src, ch, t_base, g, e, plane, hw) },
+            4 => unsafe { avx::output_tiles::<F4>(src, ch, t_base, g, e, plane, hw) },
+            _ => false,
+        };
+        if done {
+            return;
         }
     }
     output_plane_generic::<V>(src, ch, t_base, geometry, epilogue, plane, out_hw)
@@ -315,10 +318,13 @@ fn input_plane_generic<V: Variant>(
     if std::is_x86_feature_detected!("avx") {
         let tiles = (th, tw);
         // SAFETY: the CPU has AVX, checked just above.
-        match V::M {
-            2 => return unsafe { avx::input_tiles::<F2>(data, stride, tiles, rows_out, t_base) },
-            4 => return unsafe { avx::input_tiles::<F4>(data, stride, tiles, rows_out, t_base) },
-            _ => {}
+        let done = match V::M {
+            2 => unsafe { avx::input_tiles::<F2>(data, stride, tiles, rows_out, t_base) },
+            4 => unsafe { avx::input_tiles::<F4>(data, stride, tiles, rows_out, t_base) },
+            _ => false,
+        };
+        if done {
+            return;
         }
     }
     input_tiles_generic::<V>(data, stride, (th, tw), rows_out, t_base);
@@ -597,7 +603,8 @@ mod avx {
     }
 
     /// The tile loop of [`super::input_plane`]: `data` the phase rows (`stride` apart, as
-    /// [`super::Phases`] lays them out), `rows_out[p]` position p's row.
+    /// [`super::Phases`] lays them out), `rows_out[p]` position p's row. `false`, with
+    /// nothing written, when the sizes disagree (the portable code then runs).
     ///
     /// # Safety
     /// AVX.
@@ -608,7 +615,7 @@ mod avx {
         (th, tw): (usize, usize),
         rows_out: &mut [&mut [f32]],
         t_base: usize,
-    ) {
+    ) -> bool {
         let (m, a) = (V::M, V::A);
         // Every load below: rows up to `th * m + 2`, offsets up to one tile past `tw`, and a
         // whole vector more.
@@ -616,7 +623,7 @@ mod avx {
             || stride < tw + 1 + LANES
             || rows_out.len() < a * a
         {
-            return;
+            return false;
         }
         let dp = data.as_ptr();
         for ty in 0..th {
@@ -653,9 +660,11 @@ mod avx {
                 }
             }
         }
+        true
     }
 
-    /// [`super::output_plane`]'s work.
+    /// [`super::output_plane`]'s work; `false`, with nothing written, when the sizes disagree
+    /// (the portable code then runs).
     ///
     /// # Safety
     /// AVX.
@@ -668,14 +677,14 @@ mod avx {
         (bias, relu): (f32, bool),
         plane: &mut [f32],
         (oh, ow): (usize, usize),
-    ) {
+    ) -> bool {
         let (m, a) = (V::M, V::A);
         let ((th, tw), first) = (geometry.tiles, ch * geometry.t_total + t_base);
         let Some(len) = src.iter().take(a * a).map(|s| s.len()).min() else {
-            return;
+            return false;
         };
         if src.len() < a * a || len < first + th * tw || plane.len() < oh * ow {
-            return;
+            return false;
         }
         // The last channel's last tiles through a zero-padded copy.
         let load = |s: &[f32], t0: usize| match s.get(t0..t0 + LANES) {
@@ -733,6 +742,7 @@ mod avx {
                 }
             }
         }
+        true
     }
 
     /// `dst[q * stride + t] = src[t * M + q]` for whole blocks of eight `t`s (`M` of 2 or 4);
@@ -820,7 +830,9 @@ mod tests {
                 let (data, stride) = (&phases.data, phases.stride);
                 match avx {
                     // SAFETY: AVX, checked by the caller.
-                    true => unsafe { avx::input_tiles::<V>(data, stride, tiles, &mut out, t_base) },
+                    true => assert!(unsafe {
+                        avx::input_tiles::<V>(data, stride, tiles, &mut out, t_base)
+                    }),
                     false => input_tiles_generic::<V>(data, stride, tiles, &mut out, t_base),
                 }
                 rows.concat()
@@ -852,9 +864,9 @@ mod tests {
                     let (e, p) = ((0.25, relu), &mut plane[..]);
                     match avx {
                         // SAFETY: AVX, checked by the caller.
-                        true => unsafe {
+                        true => assert!(unsafe {
                             avx::output_tiles::<V>(&src, ch, t_base, geometry, e, p, out_hw)
-                        },
+                        }),
                         false => {
                             output_plane_generic::<V>(&src, ch, t_base, geometry, e, p, out_hw)
                         }
