@@ -683,7 +683,8 @@ mod avx {
         let Some(len) = src.iter().take(a * a).map(|s| s.len()).min() else {
             return false;
         };
-        if src.len() < a * a || len < first + th * tw || plane.len() < oh * ow {
+        let covered = (oh.div_ceil(m), ow.div_ceil(m)) == (th, tw);
+        if !covered || src.len() < a * a || len < first + th * tw || plane.len() < oh * ow {
             return false;
         }
         // The last channel's last tiles through a zero-padded copy.
