@@ -489,6 +489,26 @@ mod avx {
     use super::{store_partial, Geometry, Lanes, Variant, F2, F4, LANES};
     use std::arch::x86_64::*;
 
+    /// Each 128-bit half of `v` as a 4x4 matrix, transposed: element `k` of half `h` of output
+    /// `i` is element `i` of half `h` of `v[k]` (`_MM_TRANSPOSE4_PS` on both halves).
+    #[inline(always)]
+    unsafe fn transpose4(v: [__m256; 4]) -> [__m256; 4] {
+        let (t0, t1) = (
+            _mm256_unpacklo_ps(v[0], v[1]),
+            _mm256_unpackhi_ps(v[0], v[1]),
+        );
+        let (t2, t3) = (
+            _mm256_unpacklo_ps(v[2], v[3]),
+            _mm256_unpackhi_ps(v[2], v[3]),
+        );
+        [
+            _mm256_shuffle_ps::<0b01_00_01_00>(t0, t2),
+            _mm256_shuffle_ps::<0b11_10_11_10>(t0, t2),
+            _mm256_shuffle_ps::<0b01_00_01_00>(t1, t3),
+            _mm256_shuffle_ps::<0b11_10_11_10>(t1, t3),
+        ]
+    }
+
     /// A variant's 1D transforms on eight tiles (`A` of the six vectors used), as its
     /// [`Variant`] methods compute them, and its output rows as pixels.
     pub trait Tiles: Variant {
@@ -580,19 +600,8 @@ mod avx {
 
         #[inline(always)]
         unsafe fn pixels(o: [__m256; 4]) -> [__m256; 4] {
-            let (t0, t1) = (
-                _mm256_unpacklo_ps(o[0], o[1]),
-                _mm256_unpackhi_ps(o[0], o[1]),
-            );
-            let (t2, t3) = (
-                _mm256_unpacklo_ps(o[2], o[3]),
-                _mm256_unpackhi_ps(o[2], o[3]),
-            );
             // Tiles (0, 4), (1, 5), (2, 6) and (3, 7) in the two halves.
-            let u0 = _mm256_shuffle_ps::<0b01_00_01_00>(t0, t2);
-            let u1 = _mm256_shuffle_ps::<0b11_10_11_10>(t0, t2);
-            let u2 = _mm256_shuffle_ps::<0b01_00_01_00>(t1, t3);
-            let u3 = _mm256_shuffle_ps::<0b11_10_11_10>(t1, t3);
+            let [u0, u1, u2, u3] = transpose4(o);
             [
                 _mm256_permute2f128_ps::<0x20>(u0, u1),
                 _mm256_permute2f128_ps::<0x20>(u2, u3),
@@ -779,22 +788,13 @@ mod avx {
                     store(1, order(_mm256_shuffle_ps::<0b11_01_11_01>(x, y)));
                 } else {
                     let v: [__m256; 4] = std::array::from_fn(|i| _mm256_loadu_ps(p.add(8 * i)));
-                    let (ab_lo, ab_hi) = (
-                        _mm256_unpacklo_ps(v[0], v[1]),
-                        _mm256_unpackhi_ps(v[0], v[1]),
-                    );
-                    let (cd_lo, cd_hi) = (
-                        _mm256_unpacklo_ps(v[2], v[3]),
-                        _mm256_unpackhi_ps(v[2], v[3]),
-                    );
                     // Each phase as [t0 t2 t4 t6 | t1 t3 t5 t7], then in order.
                     let order = |v: __m256| {
                         _mm256_permutevar8x32_ps(v, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7))
                     };
-                    store(0, order(_mm256_shuffle_ps::<0b01_00_01_00>(ab_lo, cd_lo)));
-                    store(1, order(_mm256_shuffle_ps::<0b11_10_11_10>(ab_lo, cd_lo)));
-                    store(2, order(_mm256_shuffle_ps::<0b01_00_01_00>(ab_hi, cd_hi)));
-                    store(3, order(_mm256_shuffle_ps::<0b11_10_11_10>(ab_hi, cd_hi)));
+                    for (q, phase) in transpose4(v).into_iter().enumerate() {
+                        store(q, order(phase));
+                    }
                 }
             }
         }
