@@ -496,7 +496,7 @@ mod tests {
     use tract_core::ops::cnn::{KernelFormat, PaddingSpec, PoolSpec};
 
     /// A pseudo-random but fixed sequence in [-1, 1).
-    fn values(len: usize, seed: u32) -> Vec<f32> {
+    pub(super) fn values(len: usize, seed: u32) -> Vec<f32> {
         let mut state = seed.wrapping_mul(2654435761).max(1);
         (0..len)
             .map(|_| {

@@ -805,12 +805,7 @@ mod avx {
 #[cfg(all(test, target_arch = "x86_64"))]
 mod tests {
     use super::*;
-    use crate::transform::rewrite::test_bytes;
-
-    fn values(n: usize, seed: u32) -> Vec<f32> {
-        let bytes = test_bytes(n, seed);
-        bytes.iter().map(|&b| (b as f32 - 120.0) * 0.173).collect()
-    }
+    use crate::transform::rewrite::winograd::tests::values;
 
     fn bits(v: &[f32]) -> Vec<u32> {
         v.iter().map(|x| x.to_bits()).collect()
